@@ -1,0 +1,29 @@
+"""The server's settings: one frozen dataclass, the single home of every ``dns-tf serve`` default.
+
+Kept free of TensorFlow and gRPC imports so that building the CLI parser stays instant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from dns_tf.config import field
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    """``dns-tf serve``: the flags of ``tensorflow_model_server`` it shares keep their names."""
+
+    model_config_file: str | None = field(None, "models.config text proto (ModelServerConfig)")
+    model_name: str = field("default", "model name when serving one model with --model_base_path")
+    model_base_path: str | None = field(None, "directory of numbered SavedModel versions of one model")
+    port: int = field(8500, "gRPC port (0 picks a free one and prints it)")
+    host: str = field("0.0.0.0", "address to listen on")
+    grpc_max_threads: int = field(0, "threads answering requests (0: 4 per CPU, as TF Serving)")
+    max_request_bytes: int = field(1 << 30, "largest request accepted, and most bytes one input may "
+                                             "decode to; beyond it: RESOURCE_EXHAUSTED")
+    saved_model_tags: str = field("serve", "comma-separated MetaGraph tags to load")
+    shutdown_grace_seconds: float = field(10.0, "on SIGTERM/SIGINT, how long in-flight requests may finish")
+    enable_batching: bool = field(False, "accepted for TF Serving compatibility: the embedded server "
+                                         "runs each request as one batch and does not batch across requests")
+    batching_parameters_file: str | None = field(None, "BatchingParameters text proto, checked and logged")

@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "dns_tf.convert.command",
     "dns_tf.evaluation.command",
     "serving.command",
+    "dns_tf.bench.command",
 )
 
 

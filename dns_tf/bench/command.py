@@ -1,0 +1,47 @@
+"""``dns-tf bench NAME [--json] [--quick]``: the speed benchmarks.
+
+Each benchmark is a module ``dns_tf.bench.<NAME>`` with
+
+* ``run(args) -> int``: runs it and prints its result (use :func:`print_result`);
+* optionally ``add_arguments(parser)``: its own flags (``--n`` ...), next to the common ``--json``
+  (print one JSON object) and ``--quick`` (a small run for smoke tests).
+
+Adding a benchmark is a module plus one line in ``BENCHMARKS``. Modules are imported when the CLI
+is built, so keep heavy imports (TensorFlow, ScaNN) inside ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from typing import Any
+
+BENCHMARKS = (
+    "coarse",
+)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("bench", help="run a speed benchmark",
+                                   description="Speed benchmarks; each prints what it measured.")
+    names = parser.add_subparsers(dest="benchmark", metavar="NAME", required=True)
+    for name in BENCHMARKS:
+        module = importlib.import_module(f"dns_tf.bench.{name}")
+        sub = names.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0],
+                               description=module.__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub.add_argument("--json", action="store_true", help="print the result as one JSON object")
+        sub.add_argument("--quick", action="store_true", help="a small, fast run")
+        if hasattr(module, "add_arguments"):
+            module.add_arguments(sub)
+        sub.set_defaults(func=module.run)
+
+
+def print_result(result: dict[str, Any], as_json: bool) -> None:
+    """Prints a benchmark's result: one JSON object, or one ``name: value`` line per entry."""
+    if as_json:
+        print(json.dumps(result, sort_keys=False), flush=True)
+        return
+    for name, value in result.items():
+        print(f"{name}: {value}", flush=True)

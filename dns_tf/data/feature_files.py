@@ -1,0 +1,619 @@
+"""Region feature files: the authors' HDF5 layout and TFRecord shards, read and written safely.
+
+Layouts:
+
+- **HDF5** (``.h5`` / ``.hdf5``), the authors' layout: one dataset per video at the root, named by
+  the video id, shape ``[T, R, D]`` (``R = 9`` regions), float32 or float16. Their training and
+  evaluation code reads it with ``h5py.File(path)[video_id][:]``.
+- **TFRecord** (a directory of ``features-NNNNN.tfrecord`` shards): one ``tf.train.Example`` per
+  video with ``video_id`` (bytes), ``shape`` (3 int64), ``dtype`` (``float32``/``float16``) and
+  ``features`` (the raw little-endian array). Each shard has a sidecar ``.ids`` file (JSON lines
+  ``{"id", "offset", "length"}``) so that finding a video does not read the whole shard.
+
+Writing is resumable and crash-safe: a rerun skips the videos already written, and a crash
+(``kill -9``) loses at most the video being written; everything written before stays readable.
+
+- TFRecord shards are append-only: each record is flushed to the OS before the next one starts, so
+  a crash can only leave a torn *last* record, which the next writer cuts off (readers ignore it).
+- HDF5 is not crash-safe on its own: a process killed while HDF5 updates its metadata in place can
+  leave the whole file unreadable. So videos first go to an append-only journal (TFRecord shards
+  in ``<file>.pending/``); on ``close()`` the journal is merged into a new HDF5 file that atomically
+  replaces the old one (``os.replace``), and only then is the journal removed. The HDF5 file on
+  disk is therefore always a complete file from a finished merge, and :func:`open_features` on it
+  also returns the videos still in the journal. Cost: the merge rewrites the file (a sequential
+  copy once per run) and the disk holds the journal until then.
+
+Example:
+
+    with open_writer("features.h5", dtype="float16") as writer:
+        for video_id, features in work:                    # [T, 9, 512]
+            if video_id not in writer:
+                writer.write(video_id, features)
+
+    with open_features("features.h5") as features:       # or a TFRecord directory / glob
+        features["video_1"]                               # [T, 9, 512] float32
+        features.ids()
+
+    dataset = tfrecord_dataset("features/")              # tf.data: (video_id, [T, R, D] float32)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import glob
+import json
+import os
+import re
+import shutil
+import struct
+from collections.abc import Iterator, Mapping
+
+import h5py
+import numpy as np
+
+HDF5_SUFFIXES = (".h5", ".hdf5")
+TFRECORD_SUFFIX = ".tfrecord"
+INDEX_SUFFIX = ".ids"
+PENDING_SUFFIX = ".pending"
+DTYPES = ("float32", "float16")
+DEFAULT_VIDEOS_PER_SHARD = 1000
+
+_SHARD_PATTERN = re.compile(r"^features-(\d{5,})\.tfrecord$")
+# TFRecord framing: uint64 length, uint32 masked CRC of the length, data, uint32 masked CRC of data.
+_HEADER_BYTES = 12
+_FOOTER_BYTES = 4
+
+
+class FeatureFileError(ValueError):
+    """A feature file, or a video in it, is not what the readers and writers expect."""
+
+
+def feature_format(path: str | os.PathLike) -> str:
+    """``"h5"`` for ``.h5``/``.hdf5`` paths, ``"tfrecord"`` for anything else (a directory, a
+    shard, a glob)."""
+    return "h5" if os.fspath(path).lower().endswith(HDF5_SUFFIXES) else "tfrecord"
+
+
+def _check_video_id(video_id) -> str:
+    if not isinstance(video_id, str) or not video_id or "/" in video_id or video_id in (".", ".."):
+        raise FeatureFileError(
+            f"video ids must be non-empty strings without '/', got {video_id!r}")
+    return video_id
+
+
+def _check_features(video_id, features, dtype) -> np.ndarray:
+    features = np.asarray(features)
+    if features.ndim != 3 or 0 in features.shape or not np.issubdtype(features.dtype, np.floating):
+        raise FeatureFileError(
+            f"{video_id}: features must be a non-empty float array [T, R, D], got "
+            f"{features.dtype} {features.shape}")
+    return np.ascontiguousarray(features, dtype=np.dtype(dtype).newbyteorder("<"))
+
+
+def _check_dtype(dtype) -> str:
+    dtype = np.dtype(dtype).name
+    if dtype not in DTYPES:
+        raise FeatureFileError(f"feature dtype must be one of {DTYPES}, got {dtype}")
+    return dtype
+
+
+def _as_float32(video_id, array: np.ndarray) -> np.ndarray:
+    if array.ndim == 2:  # [T, D]: one region per frame, as the authors' loader reads it
+        array = array[:, None, :]
+    if array.ndim != 3:
+        raise FeatureFileError(f"{video_id}: expected [T, R, D] features, found shape {array.shape}")
+    return array.astype(np.float32, copy=False)
+
+
+class _Lock:
+    """An exclusive ``flock`` on ``path``: one writer per output at a time (released on exit,
+    also when the process is killed)."""
+
+    def __init__(self, path: str, what: str):
+        self._file = open(path, "a")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.close()
+            raise FeatureFileError(f"{what} is being written by another process "
+                                   f"(lock {path} is held)") from None
+
+    def release(self):
+        if not self._file.closed:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# TFRecord records
+
+
+def encode_example(video_id: str, features: np.ndarray) -> bytes:
+    """One video as a serialised ``tf.train.Example`` (see the module docstring for its fields)."""
+    from tensorflow.core.example import example_pb2
+
+    example = example_pb2.Example()
+    fields = example.features.feature
+    fields["video_id"].bytes_list.value.append(video_id.encode("utf-8"))
+    fields["shape"].int64_list.value.extend(features.shape)
+    fields["dtype"].bytes_list.value.append(features.dtype.name.encode())
+    fields["features"].bytes_list.value.append(features.tobytes())
+    return example.SerializeToString()
+
+
+def decode_example(record: bytes, where: str = "record") -> tuple[str, np.ndarray]:
+    """``(video_id, features [T, R, D] float32)`` from :func:`encode_example`'s bytes."""
+    from tensorflow.core.example import example_pb2
+
+    try:
+        fields = example_pb2.Example.FromString(record).features.feature
+        video_id = fields["video_id"].bytes_list.value[0].decode("utf-8")
+        shape = tuple(fields["shape"].int64_list.value)
+        dtype = fields["dtype"].bytes_list.value[0].decode()
+        raw = fields["features"].bytes_list.value[0]
+    except Exception as error:  # protobuf raises its own DecodeError; missing fields IndexError
+        raise FeatureFileError(f"{where}: not a feature record ({error})") from None
+    if dtype not in DTYPES or len(shape) != 3 or np.prod(shape) * np.dtype(dtype).itemsize != len(raw):
+        raise FeatureFileError(f"{where}: inconsistent record for {video_id!r} "
+                               f"(shape {shape}, dtype {dtype}, {len(raw)} bytes)")
+    array = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
+    return video_id, array.astype(np.float32)
+
+
+def _scan_records(path: str) -> tuple[list[tuple[int, int]], int]:
+    """``([(offset, total bytes) of each complete record], end of the last one)`` of a shard.
+
+    Reads only the length headers. A record whose bytes run past the end of the file is the torn
+    tail of a writer that was killed; it and anything after it are not returned.
+    """
+    records = []
+    size = os.path.getsize(path)
+    offset = 0
+    with open(path, "rb") as file:
+        while offset + _HEADER_BYTES <= size:
+            file.seek(offset)
+            (length,) = struct.unpack("<Q", file.read(8))
+            total = _HEADER_BYTES + length + _FOOTER_BYTES
+            if offset + total > size:
+                break
+            records.append((offset, total))
+            offset += total
+    return records, offset
+
+
+def _read_record(file, offset: int, total: int) -> bytes:
+    file.seek(offset + _HEADER_BYTES)
+    return file.read(total - _HEADER_BYTES - _FOOTER_BYTES)
+
+
+def _shard_index(path: str) -> list[tuple[str, int, int]]:
+    """``[(video_id, offset, total bytes)]`` of the complete records of a shard, in file order.
+
+    The sidecar ``.ids`` file gives the ids without reading the data; records it does not cover
+    (the writer was killed between the two writes) are read to find their ids.
+    """
+    records, _ = _scan_records(path)
+    known = {}
+    index_path = path + INDEX_SUFFIX
+    if os.path.exists(index_path):
+        with open(index_path, encoding="utf-8") as file:
+            for line in file:
+                try:
+                    entry = json.loads(line)
+                    known[(entry["offset"], entry["length"])] = entry["id"]
+                except (ValueError, KeyError, TypeError):
+                    break  # a torn last line
+    entries = []
+    with open(path, "rb") as file:
+        for offset, total in records:
+            video_id = known.get((offset, total))
+            if video_id is None:
+                video_id, _ = decode_example(_read_record(file, offset, total),
+                                             where=f"{path} at byte {offset}")
+            entries.append((video_id, offset, total))
+    return entries
+
+
+def _shard_paths(location: str | os.PathLike) -> list[str]:
+    """The shards of a TFRecord location: a directory, one file, or a glob pattern."""
+    location = os.fspath(location)
+    if os.path.isdir(location):
+        paths = sorted(os.path.join(location, name) for name in os.listdir(location)
+                       if name.endswith(TFRECORD_SUFFIX))
+    elif os.path.isfile(location):
+        paths = [location]
+    else:
+        paths = sorted(path for path in glob.glob(location) if os.path.isfile(path)
+                       and not path.endswith(INDEX_SUFFIX))
+        if not paths:
+            raise FileNotFoundError(f"{location}: no such feature file, directory or shards")
+    return paths
+
+
+class TFRecordFeatureWriter:
+    """Appends videos to TFRecord shards in ``directory``; resumable and crash-safe.
+
+    Opening the directory again continues where the last writer stopped: its videos count as done
+    (``video_id in writer``), a torn last record left by a killed writer is cut off, and new videos
+    go to new shards (existing shards are never rewritten).
+
+    Args:
+        directory: where the ``features-NNNNN.tfrecord`` shards go (created if missing).
+        dtype: ``"float32"`` or ``"float16"`` on disk.
+        videos_per_shard: start a new shard after this many videos.
+    """
+
+    def __init__(self, directory: str | os.PathLike, dtype: str = "float32",
+                 videos_per_shard: int = DEFAULT_VIDEOS_PER_SHARD):
+        self.directory = os.fspath(directory)
+        self.dtype = _check_dtype(dtype)
+        self.videos_per_shard = int(videos_per_shard)
+        if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+            raise FeatureFileError(f"{self.directory}: TFRecord output must be a directory")
+        os.makedirs(self.directory, exist_ok=True)
+        self._lock = _Lock(os.path.join(self.directory, ".lock"), self.directory)
+        self._done: set[str] = set()
+        self._next_shard = 0
+        self._recover()
+        self._writer = None
+        self._shard_path = None
+        self._index_file = None
+        self._shard_videos = 0
+        self._shard_bytes = 0
+
+    def _recover(self) -> None:
+        """Cuts torn tails off the shards of a killed writer and collects the finished videos."""
+        for name in sorted(os.listdir(self.directory)):
+            match = _SHARD_PATTERN.match(name)
+            if not match:
+                continue
+            path = os.path.join(self.directory, name)
+            self._next_shard = max(self._next_shard, int(match.group(1)) + 1)
+            records, end = _scan_records(path)
+            if end < os.path.getsize(path):
+                os.truncate(path, end)
+            entries = _shard_index(path)
+            if not entries:
+                os.remove(path)
+                if os.path.exists(path + INDEX_SUFFIX):
+                    os.remove(path + INDEX_SUFFIX)
+                continue
+            self._rewrite_index(path, entries)
+            self._done.update(video_id for video_id, _, _ in entries)
+
+    @staticmethod
+    def _rewrite_index(path, entries):
+        temporary = path + INDEX_SUFFIX + ".tmp"
+        with open(temporary, "w", encoding="utf-8") as file:
+            for video_id, offset, total in entries:
+                file.write(json.dumps({"id": video_id, "offset": offset, "length": total}) + "\n")
+        os.replace(temporary, path + INDEX_SUFFIX)
+
+    def __contains__(self, video_id) -> bool:
+        return video_id in self._done
+
+    def __len__(self) -> int:
+        return len(self._done)
+
+    def ids(self) -> set[str]:
+        """The videos written so far, by this writer and the ones before it."""
+        return set(self._done)
+
+    def write(self, video_id: str, features) -> None:
+        """Appends one video ``[T, R, D]``; it is on disk (in the OS) when this returns."""
+        import tensorflow as tf
+
+        video_id = _check_video_id(video_id)
+        if video_id in self._done:
+            raise FeatureFileError(f"{video_id}: already written to {self.directory}")
+        record = encode_example(video_id, _check_features(video_id, features, self.dtype))
+        if self._writer is None or self._shard_videos >= self.videos_per_shard:
+            self._open_shard(tf)
+        self._writer.write(record)
+        self._writer.flush()
+        total = _HEADER_BYTES + len(record) + _FOOTER_BYTES
+        self._index_file.write(json.dumps(
+            {"id": video_id, "offset": self._shard_bytes, "length": total}) + "\n")
+        self._index_file.flush()
+        self._shard_bytes += total
+        self._shard_videos += 1
+        self._done.add(video_id)
+
+    def _open_shard(self, tf) -> None:
+        self._close_shard()
+        self._shard_path = os.path.join(self.directory, f"features-{self._next_shard:05d}.tfrecord")
+        self._next_shard += 1
+        self._writer = tf.io.TFRecordWriter(self._shard_path)
+        self._index_file = open(self._shard_path + INDEX_SUFFIX, "w", encoding="utf-8")
+        self._shard_videos = self._shard_bytes = 0
+
+    def _close_shard(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._index_file.close()
+            self._writer = self._index_file = None
+
+    def close(self) -> None:
+        self._close_shard()
+        self._lock.release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+class HDF5FeatureWriter:
+    """Writes the authors' HDF5 layout through a crash-safe journal (see the module docstring).
+
+    ``write`` appends to the journal ``<path>.pending/`` (TFRecord shards); ``close`` merges the
+    journal into a new file that atomically replaces ``path``. A rerun after a crash finds the
+    journal, skips its videos and merges everything when it closes.
+
+    Args:
+        path: the ``.h5`` / ``.hdf5`` file.
+        dtype: ``"float32"`` or ``"float16"`` datasets.
+    """
+
+    def __init__(self, path: str | os.PathLike, dtype: str = "float32"):
+        self.path = os.fspath(path)
+        self.dtype = _check_dtype(dtype)
+        self._merging_path = self.path + ".merging"
+        self._lock = _Lock(self.path + ".lock", self.path)
+        try:
+            if os.path.exists(self._merging_path):  # a merge that was killed: start it over
+                os.remove(self._merging_path)
+            self._existing = set()
+            if os.path.exists(self.path):
+                with _open_hdf5(self.path) as file:
+                    self._existing = set(file.keys())
+            self._journal = TFRecordFeatureWriter(self.path + PENDING_SUFFIX, dtype=self.dtype)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def __contains__(self, video_id) -> bool:
+        return video_id in self._existing or video_id in self._journal
+
+    def __len__(self) -> int:
+        return len(self.ids())
+
+    def ids(self) -> set[str]:
+        return self._existing | self._journal.ids()
+
+    def write(self, video_id: str, features) -> None:
+        """Appends one video ``[T, R, D]`` to the journal; it survives a crash once this returns."""
+        if video_id in self._existing:
+            raise FeatureFileError(f"{video_id}: already in {self.path}")
+        self._journal.write(video_id, features)
+
+    def close(self) -> None:
+        """Merges the journal into ``path`` (atomically) and removes the journal."""
+        self._journal.close()
+        try:
+            self._merge()
+        finally:
+            self._lock.release()
+
+    def _merge(self) -> None:
+        journal_dir = self.path + PENDING_SUFFIX
+        pending = TFRecordFeatures(journal_dir) if _shard_paths(journal_dir) else None
+        if pending is None or all(video_id in self._existing for video_id in pending.ids()):
+            if pending is not None:
+                pending.close()
+            shutil.rmtree(journal_dir)
+            return
+        with pending, h5py.File(self._merging_path, "w") as merged:
+            if os.path.exists(self.path):
+                with _open_hdf5(self.path) as old:
+                    for video_id in old:
+                        old.copy(old[video_id], merged, name=video_id)
+            for video_id in pending.ids():
+                if video_id not in self._existing:
+                    merged.create_dataset(video_id, data=pending[video_id].astype(self.dtype))
+        os.replace(self._merging_path, self.path)
+        self._existing |= set(pending.ids())
+        shutil.rmtree(journal_dir)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+def open_writer(path: str | os.PathLike, dtype: str = "float32", format: str | None = None):
+    """A resumable writer: :class:`HDF5FeatureWriter` for ``.h5``/``.hdf5`` (or
+    ``format="h5"``), :class:`TFRecordFeatureWriter` on a directory otherwise."""
+    format = format or feature_format(path)
+    if format == "h5":
+        return HDF5FeatureWriter(path, dtype=dtype)
+    if format == "tfrecord":
+        return TFRecordFeatureWriter(path, dtype=dtype)
+    raise FeatureFileError(f"unknown feature format {format!r}; expected 'h5' or 'tfrecord'")
+
+
+# ---------------------------------------------------------------------------------------------
+# Readers
+
+
+def _open_hdf5(path: str) -> h5py.File:
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        raise FeatureFileError(f"{path}: not a readable HDF5 file ({error})") from None
+
+
+class FeatureFile(Mapping):
+    """Read-only mapping ``video_id -> features [T, R, D] float32``; a context manager."""
+
+    def ids(self) -> list[str]:
+        """The video ids, in file order."""
+        return list(self)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def _missing(self, video_id):
+        return KeyError(f"video {video_id!r} is not in {self}")
+
+
+class HDF5Features(FeatureFile):
+    """The authors' HDF5 layout: one ``[T, R, D]`` (or ``[T, D]``) dataset per video id."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        self._file = _open_hdf5(self.path)
+        self._ids = [key for key, item in self._file.items() if isinstance(item, h5py.Dataset)]
+
+    def __getitem__(self, video_id) -> np.ndarray:
+        if not isinstance(video_id, str) or video_id not in self._file:
+            raise self._missing(video_id)
+        return _as_float32(video_id, self._file[video_id][()])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, video_id) -> bool:
+        return isinstance(video_id, str) and video_id in self._file
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __repr__(self):
+        return f"HDF5Features({self.path!r})"
+
+
+class TFRecordFeatures(FeatureFile):
+    """TFRecord shards (a directory, one shard or a glob), indexed for random access.
+
+    A video written twice (two runs into different shards) resolves to its last copy.
+    """
+
+    def __init__(self, location: str | os.PathLike):
+        self.location = os.fspath(location)
+        self._paths = _shard_paths(self.location)
+        self._index: dict[str, tuple[int, int, int]] = {}
+        for number, path in enumerate(self._paths):
+            for video_id, offset, total in _shard_index(path):
+                self._index[video_id] = (number, offset, total)
+        self._files = {}
+
+    def __getitem__(self, video_id) -> np.ndarray:
+        if video_id not in self._index:
+            raise self._missing(video_id)
+        number, offset, total = self._index[video_id]
+        if number not in self._files:
+            self._files[number] = open(self._paths[number], "rb")
+        where = f"{self._paths[number]} at byte {offset}"
+        found, features = decode_example(_read_record(self._files[number], offset, total), where)
+        if found != video_id:
+            raise FeatureFileError(f"{where}: index says {video_id!r}, record holds {found!r}")
+        return features
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, video_id) -> bool:
+        return video_id in self._index
+
+    def close(self) -> None:
+        for file in self._files.values():
+            file.close()
+        self._files.clear()
+
+    def __repr__(self):
+        return f"TFRecordFeatures({self.location!r})"
+
+
+class _JournaledHDF5Features(FeatureFile):
+    """An HDF5 file plus the videos still in its writer's journal (a run not finished yet)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._file = HDF5Features(path) if os.path.exists(path) else None
+        self._journal = TFRecordFeatures(path + PENDING_SUFFIX)
+        self._ids = list(self._file or ()) + [
+            video_id for video_id in self._journal if self._file is None or video_id not in self._file]
+
+    def __getitem__(self, video_id) -> np.ndarray:
+        if self._file is not None and video_id in self._file:
+            return self._file[video_id]
+        if video_id in self._journal:
+            return self._journal[video_id]
+        raise self._missing(video_id)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._journal.close()
+
+    def __repr__(self):
+        return f"HDF5Features({self.path!r} with its pending journal)"
+
+
+def open_features(path: str | os.PathLike) -> FeatureFile:
+    """Opens region features for reading: an ``.h5``/``.hdf5`` file (with the videos of an
+    unfinished run still in its journal), or TFRecord shards (a directory, a shard, a glob)."""
+    path = os.fspath(path)
+    if feature_format(path) == "h5":
+        if _shard_paths_or_none(path + PENDING_SUFFIX):
+            return _JournaledHDF5Features(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: no such feature file")
+        return HDF5Features(path)
+    return TFRecordFeatures(path)
+
+
+def _shard_paths_or_none(directory: str) -> list[str] | None:
+    return _shard_paths(directory) if os.path.isdir(directory) else None
+
+
+def tfrecord_dataset(location: str | os.PathLike, num_parallel_reads: int | None = None):
+    """A ``tf.data.Dataset`` of ``(video_id, features [T, R, D] float32)`` from TFRecord shards.
+
+    Args:
+        location: a directory of shards, one shard, or a glob.
+        num_parallel_reads: shards read in parallel (``tf.data.AUTOTUNE`` when None).
+    """
+    import tensorflow as tf
+
+    spec = {
+        "video_id": tf.io.FixedLenFeature([], tf.string),
+        "shape": tf.io.FixedLenFeature([3], tf.int64),
+        "dtype": tf.io.FixedLenFeature([], tf.string),
+        "features": tf.io.FixedLenFeature([], tf.string),
+    }
+
+    def parse(record):
+        fields = tf.io.parse_single_example(record, spec)
+        raw = fields["features"]
+        features = tf.cond(
+            tf.equal(fields["dtype"], "float16"),
+            lambda: tf.cast(tf.io.decode_raw(raw, tf.float16), tf.float32),
+            lambda: tf.io.decode_raw(raw, tf.float32))
+        return fields["video_id"], tf.reshape(features, fields["shape"])
+
+    return tf.data.TFRecordDataset(
+        _shard_paths(location),
+        num_parallel_reads=tf.data.AUTOTUNE if num_parallel_reads is None else num_parallel_reads,
+    ).map(parse, num_parallel_calls=tf.data.AUTOTUNE)

@@ -1,0 +1,204 @@
+"""Feature files: both layouts round trip, resume, and survive a writer killed mid-write."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import h5py
+import numpy as np
+import pytest
+
+from dns_tf.data.feature_files import (FeatureFileError, HDF5Features, TFRecordFeatures,
+                                       open_features, open_writer, tfrecord_dataset)
+
+
+def _videos(count, seed=0, dims=16):
+    rng = np.random.default_rng(seed)
+    return {f"video_{index}": rng.standard_normal((int(rng.integers(1, 6)), 9, dims)).astype(
+        np.float32) for index in range(count)}
+
+
+@pytest.mark.parametrize("name", ["features.h5", "shards"])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_round_trip(tmp_path, name, dtype):
+    videos = _videos(5)
+    path = tmp_path / name
+    with open_writer(path, dtype=dtype) as writer:
+        for video_id, features in videos.items():
+            writer.write(video_id, features)
+    with open_features(path) as features:
+        assert features.ids() == list(videos)
+        for video_id, expected in videos.items():
+            got = features[video_id]
+            assert got.dtype == np.float32 and got.shape == expected.shape
+            np.testing.assert_array_equal(got, expected.astype(dtype).astype(np.float32))
+        with pytest.raises(KeyError, match="missing"):
+            features["missing"]
+
+
+def test_hdf5_is_the_authors_layout(tmp_path):
+    videos = _videos(3)
+    path = tmp_path / "features.hdf5"
+    with open_writer(path, dtype="float16") as writer:
+        for video_id, features in videos.items():
+            writer.write(video_id, features)
+    assert not (tmp_path / "features.hdf5.pending").exists()
+    with h5py.File(path, "r") as file:  # what the authors' loaders do
+        assert sorted(file.keys()) == sorted(videos)
+        assert file["video_1"].dtype == np.float16
+        assert file["video_1"].shape == videos["video_1"].shape
+
+
+def test_tfrecord_dataset(tmp_path):
+    videos = _videos(4)
+    with open_writer(tmp_path / "shards", dtype="float16") as writer:
+        for video_id, features in videos.items():
+            writer.write(video_id, features)
+    read = {video_id.numpy().decode(): features.numpy()
+            for video_id, features in tfrecord_dataset(tmp_path / "shards", num_parallel_reads=1)}
+    assert read.keys() == videos.keys()
+    for video_id, expected in videos.items():
+        np.testing.assert_array_equal(read[video_id], expected.astype(np.float16).astype(np.float32))
+
+
+@pytest.mark.parametrize("name", ["features.h5", "shards"])
+def test_resume_adds_only_new_videos(tmp_path, name):
+    videos = _videos(6)
+    ids = list(videos)
+    path = tmp_path / name
+    with open_writer(path) as writer:
+        for video_id in ids[:3]:
+            writer.write(video_id, videos[video_id])
+    with open_writer(path) as writer:
+        assert [video_id in writer for video_id in ids] == [True] * 3 + [False] * 3
+        with pytest.raises(FeatureFileError, match="video_0"):
+            writer.write("video_0", videos["video_0"])
+        for video_id in ids[3:]:
+            writer.write(video_id, videos[video_id])
+    with open_features(path) as features:
+        assert sorted(features.ids()) == sorted(ids)
+        for video_id in ids:
+            np.testing.assert_array_equal(features[video_id], videos[video_id])
+
+
+def test_bad_input_is_refused_with_the_video_named(tmp_path):
+    with open_writer(tmp_path / "features.h5") as writer:
+        with pytest.raises(FeatureFileError, match="clip.*T, R, D"):
+            writer.write("clip", np.zeros((4, 512), np.float32))
+        with pytest.raises(FeatureFileError, match="'/'"):
+            writer.write("a/b", np.zeros((1, 9, 4), np.float32))
+    with pytest.raises(FeatureFileError, match="dtype"):
+        open_writer(tmp_path / "other.h5", dtype="int8")
+    (tmp_path / "broken.h5").write_bytes(b"not hdf5 at all")
+    with pytest.raises(FeatureFileError, match="broken.h5"):
+        open_features(tmp_path / "broken.h5")
+
+
+def test_second_writer_on_the_same_output_is_refused(tmp_path):
+    with open_writer(tmp_path / "features.h5"):
+        with pytest.raises(FeatureFileError, match="another process"):
+            open_writer(tmp_path / "features.h5")
+
+
+def test_torn_tail_and_unindexed_records_are_recovered(tmp_path):
+    """What a killed writer can leave: a record not yet in the .ids file, a partial record."""
+    videos = _videos(3)
+    directory = tmp_path / "shards"
+    with open_writer(directory) as writer:
+        for video_id, features in videos.items():
+            writer.write(video_id, features)
+    shard = next(directory.glob("*.tfrecord"))
+    index = shard.with_name(shard.name + ".ids")
+    lines = index.read_text().splitlines(keepends=True)
+    index.write_text(lines[0] + lines[1][:7])            # last record unindexed, torn line
+    with open(shard, "ab") as file:
+        file.write(b"\x40\x00\x00\x00\x00\x00\x00\x00junk")  # header of a record never finished
+    with open_features(directory) as features:          # readers ignore the torn tail
+        assert features.ids() == list(videos)
+    with open_writer(directory) as writer:              # the next writer cuts it off
+        assert writer.ids() == set(videos)
+        writer.write("video_9", videos["video_0"])
+    assert [json.loads(line)["id"] for line in index.read_text().splitlines()] == list(videos)
+    with open_features(directory) as features:
+        assert sorted(features.ids()) == sorted([*videos, "video_9"])
+        np.testing.assert_array_equal(features["video_2"], videos["video_2"])
+
+
+_CHILD = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from dns_tf.data.feature_files import open_writer
+
+    writer = open_writer(sys.argv[1])
+    for index in range(10_000):
+        video_id = f"video_{index}"
+        if video_id in writer:
+            continue
+        # Large enough that the kill lands inside a write.
+        writer.write(video_id, np.full((40, 9, 512), index, np.float32))
+        print(video_id, flush=True)
+""")
+
+
+@pytest.mark.parametrize("name", ["features.h5", "shards"])
+def test_writer_killed_mid_write_loses_at_most_the_video_in_flight(tmp_path, name):
+    path = tmp_path / name
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(path)], stdout=subprocess.PIPE,
+                             text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    reported = [child.stdout.readline().strip() for _ in range(12)]
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    reported += [line.strip() for line in child.stdout.read().splitlines()]
+    assert reported[-1].startswith("video_")
+
+    def check(features, ids):
+        for video_id in ids:
+            np.testing.assert_array_equal(features[video_id][:, 0, 0], int(video_id[6:]))
+
+    with open_features(path) as features:   # readable right after the crash, nothing lost
+        ids = features.ids()
+        assert set(reported) <= set(ids) and len(ids) <= len(reported) + 1
+        check(features, ids)
+    with open_writer(path) as writer:          # a rerun skips them and completes cleanly
+        assert writer.ids() == set(ids)
+        writer.write("after_crash", np.zeros((2, 9, 512), np.float32))
+    reader = HDF5Features(path) if name.endswith(".h5") else TFRecordFeatures(path)
+    with reader as features:
+        assert set(features.ids()) == set(ids) | {"after_crash"}
+        check(features, ids)
+
+
+def test_interrupted_merge_leaves_the_previous_file_intact(tmp_path, monkeypatch):
+    videos = _videos(4)
+    path = tmp_path / "features.h5"
+    with open_writer(path) as writer:
+        writer.write("video_0", videos["video_0"])
+    writer = open_writer(path)
+    for video_id in ("video_1", "video_2", "video_3"):
+        writer.write(video_id, videos[video_id])
+    calls = []
+
+    def dying_create_dataset(self, name, **kwargs):
+        calls.append(name)
+        if len(calls) == 2:
+            raise OSError("disk full")   # the merge stops half-way, as a crash would
+        return original(self, name, **kwargs)
+
+    original = h5py.Group.create_dataset
+    monkeypatch.setattr(h5py.Group, "create_dataset", dying_create_dataset)
+    with pytest.raises(OSError, match="disk full"):
+        writer.close()
+    monkeypatch.setattr(h5py.Group, "create_dataset", original)
+    with h5py.File(path, "r") as file:                    # the old file, untouched
+        assert list(file.keys()) == ["video_0"]
+    with open_features(path) as features:                 # plus the journal
+        assert sorted(features.ids()) == sorted(videos)
+    with open_writer(path) as writer:                     # the next run merges everything
+        assert writer.ids() == set(videos)
+    assert not os.path.exists(str(path) + ".merging")
+    with HDF5Features(path) as features:
+        assert sorted(features.ids()) == sorted(videos)
+        np.testing.assert_array_equal(features["video_3"], videos["video_3"])

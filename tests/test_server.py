@@ -21,7 +21,6 @@ import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
                                      model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
-from tensorflow_serving.config import model_server_config_pb2
 
 from saved_model_fixtures import ASSERT_LIMIT, adder_reference, write_adder, write_pixel_sum
 from serving.batching import read_batching_parameters
@@ -324,6 +323,11 @@ def test_stop_lets_an_in_flight_request_finish_then_refuses_new_ones(model_root)
         with pytest.raises(grpc.RpcError) as raised:
             stub.Predict(predict_request(**adder_inputs()), timeout=5)
         assert raised.value.code() == Code.UNAVAILABLE
+
+
+def test_a_port_in_use_is_refused_not_shared(server, model_root):
+    with pytest.raises(RuntimeError, match=f"cannot listen on 127.0.0.1:{server.port}"):
+        ModelServer({"adder": model_root / "adder"}, port=server.port).start()
 
 
 def test_model_config_layout_policies_and_errors(model_root, tmp_path):

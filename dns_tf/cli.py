@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "dns_tf.evaluation.command",
     "serving.command",
     "dns_tf.bench.command",
+    "dns_tf.features.command",
 )
 
 

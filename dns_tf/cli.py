@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "serving.command",
     "dns_tf.bench.command",
     "dns_tf.features.command",
+    "dns_tf.data.collection_command",
 )
 
 

@@ -1,0 +1,666 @@
+"""A generated collection of real video files with FIVR-like relevance labels, for the demo.
+
+Every video is an H.264 MP4 written by the ``ffmpeg`` binary of imageio-ffmpeg:
+
+- **source videos**: a few *scenes* cut together, each from one of FFmpeg's synthetic sources
+  (mandelbrot zooms, game of life, cellular automata, test patterns, gradients, Perlin noise, zone
+  plates, Sierpinski fractals, plasma) with random parameters, a slow pan over a larger rendering,
+  a hue rotation and a moving box, so that no two sources look alike. Sources are the **queries**
+  and the unrelated **distractors**.
+- **near-duplicates (ND)** of each query: the whole video under two or three real edits (crop,
+  rescale, mirror, colour shifts, blur, noise, a logo, a frame border, speed or frame rate change)
+  and a re-encode at a random quality (low bitrates included).
+- **duplicate scenes (DS)** of each query: part of it only: a trimmed segment, a segment spliced
+  with a segment of another video, or the query as a picture-in-picture over another video.
+
+The labels follow FIVR's: for each query, every database video is ``"ND"``, ``"DS"`` or
+``"unrelated"``. Queries are not part of the database (as in FIVR-5K).
+
+The plan (every ffmpeg command) is a pure function of the :class:`CollectionConfig`: the same seed
+gives the same commands, hence the same ``collection.json`` and, FFmpeg running single-threaded in
+bit-exact mode, byte-identical files (on the same FFmpeg build and, for text logos, the same
+default font; without a usable font logos are drawn as boxes). Each file carries a key of its
+command and inputs in its metadata; generating again skips files whose key matches, so an
+interrupted run resumes, and a changed configuration regenerates only what changed. Files are
+written to a temporary name and renamed when complete.
+
+Example:
+
+    collection = generate_collection("demo_videos", CollectionConfig(seed=0))
+    collection.queries                  # ('q000', 'q001', ...)
+    collection.path("q000_nd0")         # PosixPath('demo_videos/videos/q000_nd0.mp4')
+    collection.ground_truth()["q000"]   # {'q000_nd0': 'ND', 'q000_ds0': 'DS', 'd000': 'unrelated', ...}
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import pathlib
+import random
+import subprocess
+from typing import Callable
+
+import av
+import imageio_ffmpeg
+from tqdm.auto import tqdm
+
+from dns_tf.config import field
+
+FORMAT_VERSION = 1
+LABELS = ("ND", "DS", "unrelated")
+
+
+@dataclasses.dataclass(frozen=True)
+class CollectionConfig:
+    """What to generate; the defaults make the demo's collection in well under 2 minutes on 2 cores."""
+
+    seed: int = field(0, "random seed: the same seed gives the same collection")
+    num_queries: int = field(5, "query videos (each with its near-duplicates and duplicate scenes)")
+    near_duplicates: int = field(3, "near-duplicate (ND) derivatives per query: whole-video edits")
+    duplicate_scenes: int = field(2, "duplicate-scene (DS) derivatives per query: trims, "
+                                     "splices, picture-in-picture")
+    num_distractors: int = field(10, "unrelated source videos in the database")
+    seconds: float = field(12.0, "length of a source video in seconds")
+    scenes: int = field(3, "scenes (different synthetic sources) cut together in a source video")
+    width: int = field(320, "frame width of source videos (even)")
+    height: int = field(240, "frame height of source videos (even)")
+    fps: int = field(25, "frame rate of source videos")
+    workers: int = field(2, "ffmpeg processes run in parallel (does not change the output)")
+
+    def __post_init__(self):
+        for name in ("num_queries", "scenes", "width", "height", "fps", "workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"CollectionConfig.{name} must be at least 1, "
+                                 f"got {getattr(self, name)}")
+        for name in ("near_duplicates", "duplicate_scenes", "num_distractors"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"CollectionConfig.{name} cannot be negative, "
+                                 f"got {getattr(self, name)}")
+        if self.width % 2 or self.height % 2:
+            raise ValueError(f"CollectionConfig width and height must be even (H.264 4:2:0), "
+                             f"got {self.width}x{self.height}")
+        if self.seconds * self.fps < 2 * self.scenes:
+            raise ValueError(f"CollectionConfig.seconds={self.seconds} is too short for "
+                             f"{self.scenes} scenes at {self.fps} fps")
+
+
+@dataclasses.dataclass(frozen=True)
+class Video:
+    """One file of the collection.
+
+    Attributes:
+        id: its name in the collection (``q000``, ``q000_nd1``, ``q000_ds0``, ``d003``).
+        path: the file.
+        role: ``"query"`` or ``"database"``.
+        source: the source video it was made from (itself for sources).
+        contains: source id -> how this video relates to that source's query (``"ND"``/``"DS"``).
+        transforms: what was done, in order: ``{"name": ..., "filter": ...}`` (sources: their
+            scenes as ``{"name": generator, "filter": ...}``).
+        duration: its length in seconds.
+    """
+
+    id: str
+    path: pathlib.Path
+    role: str
+    source: str
+    contains: dict
+    transforms: tuple
+    duration: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Collection:
+    """A generated collection: its videos, queries, database and relevance labels."""
+
+    root: pathlib.Path
+    config: CollectionConfig
+    videos: dict  # id -> Video, queries first, then the database
+    queries: tuple
+    database: tuple
+
+    def path(self, video_id: str) -> pathlib.Path:
+        return self.videos[video_id].path
+
+    def paths(self) -> dict:
+        """``{video_id: path}`` for every video, queries included."""
+        return {video_id: video.path for video_id, video in self.videos.items()}
+
+    def label(self, query_id: str, video_id: str) -> str:
+        """``"ND"``, ``"DS"`` or ``"unrelated"``: how database video ``video_id`` relates to a query."""
+        query = self.videos[query_id]
+        return self.videos[video_id].contains.get(query.source, "unrelated")
+
+    def ground_truth(self) -> dict:
+        """``{query_id: {database_id: "ND" | "DS" | "unrelated"}}`` over the whole database."""
+        return {query: {video: self.label(query, video) for video in self.database}
+                for query in self.queries}
+
+    def fivr_annotation(self, version: str = "demo") -> dict:
+        """The layout of FIVR's annotation file, for ``dns_tf.evaluation.datasets.FIVR``.
+
+        ``FIVR(collection.fivr_annotation(), version="demo")`` evaluates a run on this collection
+        with FIVR's protocol (DSVR counts ND and DS; there are no CS/IS videos here).
+
+        Returns:
+            ``{version: {"queries": [ids], "database": {ids}},
+            "annotation": {query: {"ND": [ids], "DS": [ids]}}}``.
+        """
+        truth = self.ground_truth()
+        annotation = {query: {label: [video for video, value in labels.items() if value == label]
+                              for label in ("ND", "DS")}
+                      for query, labels in truth.items()}
+        return {version: {"queries": list(self.queries), "database": set(self.database)},
+                "annotation": annotation}
+
+
+def generate_collection(out_dir: str | os.PathLike, config: CollectionConfig = CollectionConfig(),
+                        progress: bool = True) -> Collection:
+    """Generates (or completes) the collection in ``out_dir`` and writes ``collection.json``.
+
+    Raises:
+        RuntimeError: an ffmpeg command failed (the message names the video and quotes ffmpeg).
+    """
+    root = pathlib.Path(out_dir)
+    (root / "videos").mkdir(parents=True, exist_ok=True)
+    plans = plan_collection(config, text_logos=_drawtext_works())
+    keys = _keys(plans)
+    stages = [[plan for plan in plans if not plan.inputs],
+              [plan for plan in plans if plan.inputs]]
+    with tqdm(total=len(plans), desc="generating videos", unit="video",
+              disable=not progress) as bar:
+        for stage in stages:  # derivatives read the sources, so sources come first
+            _run_all(root, stage, keys, config.workers, bar)
+    _write_json(root / "collection.json", _describe(config, plans, keys))
+    return load_collection(root)
+
+
+def load_collection(out_dir: str | os.PathLike) -> Collection:
+    """Reads ``collection.json`` of a generated collection.
+
+    Raises:
+        FileNotFoundError: no ``collection.json`` in ``out_dir``.
+        ValueError: the file is not a collection description this version can read.
+    """
+    root = pathlib.Path(out_dir)
+    description_path = root / "collection.json"
+    if not description_path.is_file():
+        raise FileNotFoundError(f"no collection.json in {root} (generate one with "
+                                f"`dns-tf generate-videos {root}`)")
+    try:
+        description = json.loads(description_path.read_text(encoding="utf-8"))
+        if description.get("format") != FORMAT_VERSION:
+            raise ValueError(f"format {description.get('format')!r}, expected {FORMAT_VERSION}")
+        known = {f.name for f in dataclasses.fields(CollectionConfig)}
+        config = CollectionConfig(**{k: v for k, v in description["config"].items()
+                                     if k in known})
+        videos = {video_id: Video(id=video_id, path=root / entry["path"], role=entry["role"],
+                                  source=entry["source"], contains=dict(entry["contains"]),
+                                  transforms=tuple(entry["transforms"]),
+                                  duration=float(entry["duration"]))
+                  for video_id, entry in description["videos"].items()}
+        queries, database = tuple(description["queries"]), tuple(description["database"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{description_path}: not a readable collection description "
+                         f"({type(error).__name__}: {error})") from None
+    return Collection(root=root, config=config, videos=videos, queries=queries,
+                      database=database)
+
+
+# --- The plan: every video as an ffmpeg command, a pure function of the configuration -----------
+
+@dataclasses.dataclass(frozen=True)
+class VideoPlan:
+    """How to make one video: ffmpeg arguments between the binary and the output file."""
+
+    id: str
+    role: str
+    source: str
+    contains: dict
+    transforms: tuple
+    duration: float
+    inputs: tuple  # ids of the collection's videos it reads, in ``-i`` order
+    filter_graph: str
+    encoding: tuple
+
+    @property
+    def path(self) -> str:
+        return video_path(self.id)
+
+    def arguments(self) -> list:
+        args = []  # sources have no input: their generators are in the filter graph
+        for video_id in self.inputs:
+            args += ["-i", video_path(video_id)]
+        return args + ["-filter_complex", self.filter_graph, "-map", "[v]", *self.encoding]
+
+
+def video_path(video_id: str) -> str:
+    """A video's file, relative to the collection's folder."""
+    return f"videos/{video_id}.mp4"
+
+
+def plan_collection(config: CollectionConfig, text_logos: bool = True) -> list:
+    """Every video of the collection as a :class:`VideoPlan`: queries, distractors, derivatives.
+
+    Each video draws its random choices from its own generator seeded by ``(seed, id)``, so adding
+    distractors or derivatives leaves the other videos unchanged.
+    """
+    queries = [_source_plan(config, f"q{i:03d}", "query") for i in range(config.num_queries)]
+    distractors = [_source_plan(config, f"d{i:03d}", "database")
+                   for i in range(config.num_distractors)]
+    derivatives = []
+    for query in queries:
+        # Splices and picture-in-picture need another video: a distractor, else another query.
+        others = distractors or [q for q in queries if q.id != query.id]
+        for n in range(config.near_duplicates):
+            derivatives.append(_near_duplicate_plan(config, query, n, text_logos))
+        for n in range(config.duplicate_scenes):
+            derivatives.append(_duplicate_scene_plan(config, query, n, others))
+    return queries + distractors + derivatives
+
+
+def _rng(config: CollectionConfig, video_id: str) -> random.Random:
+    return random.Random(f"dns-tf/{config.seed}/{video_id}")
+
+
+def _encoding(quality: tuple, fps: float) -> tuple:
+    """H.264 output options; ``quality`` is ``("-crf", "23")`` or bitrate options."""
+    # Single-threaded and bit-exact: the same command gives the same bytes.
+    return ("-c:v", "libx264", "-preset", "veryfast", *quality,
+            "-pix_fmt", "yuv420p", "-g", str(round(2 * fps)), "-threads", "1",
+            "-fflags", "+bitexact", "-flags:v", "+bitexact", "-map_metadata", "-1",
+            "-movflags", "+faststart")
+
+
+def _finish(width: int, height: int) -> str:
+    """Filters closing every chain: a fixed size, square pixels, 4:2:0."""
+    return f"scale={width}:{height},setsar=1,format=yuv420p"
+
+
+# Sources ---------------------------------------------------------------------------------------
+
+def _color(rng: random.Random) -> str:
+    return f"0x{rng.randrange(256):02x}{rng.randrange(256):02x}{rng.randrange(256):02x}"
+
+
+_PALETTES = ("magma", "inferno", "plasma", "viridis", "turbo", "cividis", "solar", "spectral",
+             "cool", "heat", "fiery")
+_MANDELBROT_SPOTS = ((-0.743643887, 0.131825904), (-0.7453, 0.1127), (-1.25066, 0.02012),
+                     (-0.16070135, 1.0375665), (-0.10109636, 0.95628651), (-1.7497, 0.0),
+                     (-0.77568377, 0.13646737), (0.2549, 0.0005), (-0.0452, 0.9868))
+
+
+def _mandelbrot(rng, w, h, fps, frames):
+    x, y = rng.choice(_MANDELBROT_SPOTS)
+    start = rng.uniform(0.3, 2.5)
+    return (f"mandelbrot=s={w}x{h}:r={fps}:start_x={x}:start_y={y}:start_scale={start:.3f}"
+            f":end_scale={start * rng.uniform(0.02, 0.3):.5f}:end_pts={frames}"
+            f":maxiter={rng.choice((64, 128, 256))}"
+            f":outer={rng.choice(('iteration_count', 'normalized_iteration_count', 'white'))}"
+            f":inner={rng.choice(('black', 'period', 'convergence', 'mincol'))}")
+
+
+def _life(rng, w, h, fps, frames):
+    cell = rng.choice((2, 3, 4))
+    rule = rng.choice(("B3/S23", "B36/S23", "B3678/S34678", "B368/S245", "B35678/S5678"))
+    return (f"life=s={w // cell}x{h // cell}:r={fps}:rule={rule}:ratio={rng.uniform(0.2, 0.6):.2f}"
+            f":seed={rng.randrange(2**31)}:mold={rng.randrange(0, 40)}"
+            f":life_color={_color(rng)}:death_color={_color(rng)}:mold_color={_color(rng)}"
+            f",scale={w}:{h}:flags=neighbor")
+
+
+def _cellular_automaton(rng, w, h, fps, frames):
+    cell = rng.choice((2, 3, 4))
+    rule = rng.choice((18, 30, 45, 54, 57, 73, 90, 105, 110, 150))
+    low, high = _color(rng), _color(rng)
+    channels = ":".join(f"{c}='if(gt(val,127),{int(high[2 + 2 * i:4 + 2 * i], 16)},"
+                        f"{int(low[2 + 2 * i:4 + 2 * i], 16)})'" for i, c in enumerate("rgb"))
+    return (f"cellauto=s={w // cell}x{h // cell}:r={fps}:rule={rule}"
+            f":ratio={rng.uniform(0.3, 0.7):.2f}:seed={rng.randrange(2**31)}:start_full=1"
+            f",scale={w}:{h}:flags=neighbor,format=rgb24,lutrgb={channels}")
+
+
+def _test_pattern(rng, w, h, fps, frames):
+    return f"testsrc2=s={w}x{h}:r={fps}"
+
+
+def _gradients(rng, w, h, fps, frames):
+    count = rng.randrange(2, 9)
+    colors = ":".join(f"c{i}={_color(rng)}" for i in range(count))
+    kind = rng.choice(("linear", "radial", "circular", "spiral", "square"))
+    return (f"gradients=s={w}x{h}:r={fps}:{colors}:n={count}:seed={rng.randrange(2**31)}"
+            f":speed={rng.uniform(0.005, 0.04):.4f}:type={kind}")
+
+
+def _bars(rng, w, h, fps, frames):
+    pattern = rng.choice(("smptebars", "smptehdbars", "pal100bars", "rgbtestsrc", "yuvtestsrc"))
+    speed = rng.choice((-1, 1)) * rng.uniform(0.1, 0.5)
+    return (f"{pattern}=s={w}x{h}:r={fps},rotate=a='{speed:.3f}*t':fillcolor={_color(rng)}")
+
+
+def _perlin(rng, w, h, fps, frames):
+    return (f"perlin=s={w}x{h}:r={fps}:octaves={rng.randrange(1, 6)}"
+            f":persistence={rng.uniform(0.3, 0.8):.2f}:xscale={rng.uniform(0.5, 3):.2f}"
+            f":yscale={rng.uniform(0.5, 3):.2f}:tscale={rng.uniform(0.2, 2):.2f}"
+            f":random_mode=seed:random_seed={rng.randrange(2**31)}"
+            f",eq=contrast=2,format=yuv444p,pseudocolor=p={rng.choice(_PALETTES)}")
+
+
+def _zone_plate(rng, w, h, fps, frames):
+    return (f"zoneplate=s={w}x{h}:r={fps}:kx={rng.randrange(-50, 50)}:ky={rng.randrange(-50, 50)}"
+            f":kx2={rng.randrange(10, 200)}:ky2={rng.randrange(10, 200)}:kt2={rng.randrange(0, 8)}"
+            f":kxy={rng.randrange(-60, 60)}"
+            f":kxt={rng.randrange(-40, 40)}:kyt={rng.randrange(-40, 40)}"
+            f":ku={rng.randrange(0, 120)}:kv={rng.randrange(0, 120)}")
+
+
+def _sierpinski(rng, w, h, fps, frames):
+    return (f"sierpinski=s={w}x{h}:r={fps}:seed={rng.randrange(2**31)}"
+            f":jump={rng.randrange(1, 10)}:type={rng.choice(('carpet', 'triangle'))}")
+
+
+def _plasma(rng, w, h, fps, frames):
+    def wave():
+        return (f"128+127*sin(X/{rng.uniform(6, 40):.1f}{rng.choice('+-')}T*{rng.uniform(0.5, 3):.2f})"
+                f"*cos(Y/{rng.uniform(6, 40):.1f}{rng.choice('+-')}T*{rng.uniform(0.5, 3):.2f})")
+    return f"nullsrc=s={w}x{h}:r={fps},format=gbrp,geq=r='{wave()}':g='{wave()}':b='{wave()}'"
+
+
+_GENERATORS: dict[str, Callable] = {
+    "mandelbrot": _mandelbrot, "life": _life, "cellauto": _cellular_automaton,
+    "testsrc2": _test_pattern, "gradients": _gradients, "bars": _bars, "perlin": _perlin,
+    "zoneplate": _zone_plate, "sierpinski": _sierpinski, "plasma": _plasma,
+}
+
+
+def _scene(rng: random.Random, config: CollectionConfig, name: str, frames: int,
+           label: str) -> dict:
+    """One scene: generator ``name`` at random settings, panned, hue-rotated, with a moving box."""
+    zoom = rng.uniform(1.0, 1.5)
+    w, h = 2 * round(config.width * zoom / 2), 2 * round(config.height * zoom / 2)
+    chain = [_GENERATORS[name](rng, w, h, config.fps, frames)]
+    if zoom > 1.05:
+        chain.append(f"crop={config.width}:{config.height}"
+                     f":x='(iw-ow)*(0.5+0.5*sin({rng.uniform(0.2, 1):.2f}*t+{rng.uniform(0, 6):.2f}))'"
+                     f":y='(ih-oh)*(0.5+0.5*sin({rng.uniform(0.2, 1):.2f}*t+{rng.uniform(0, 6):.2f}))'")
+    chain.append(f"hue=h={rng.randrange(360)}:s={rng.uniform(0.7, 1.5):.2f}")
+    if rng.random() < 0.6:
+        side = rng.uniform(0.1, 0.25)
+        chain.append(f"drawbox=w=iw*{side:.2f}:h=ih*{side:.2f}:color={_color(rng)}@0.85:t=fill"
+                     f":x='(iw-w)*(0.5+0.5*sin({rng.uniform(0.5, 2):.2f}*t))'"
+                     f":y='(ih-h)*(0.5+0.5*cos({rng.uniform(0.5, 2):.2f}*t))'")
+    chain += [_finish(config.width, config.height),
+              f"trim=end_frame={frames}", "setpts=PTS-STARTPTS"]
+    return {"name": name, "filter": ",".join(chain) + f"[{label}]"}
+
+
+def _source_plan(config: CollectionConfig, video_id: str, role: str) -> VideoPlan:
+    rng = _rng(config, video_id)
+    total = round(config.seconds * config.fps)
+    weights = [rng.uniform(0.6, 1.4) for _ in range(config.scenes)]
+    lengths = [max(2, round(total * w / sum(weights))) for w in weights[:-1]]
+    lengths.append(total - sum(lengths))
+    # Different generators for the scenes of a video (as long as there are enough of them).
+    deck = rng.sample(sorted(_GENERATORS), len(_GENERATORS))
+    scenes = [_scene(rng, config, deck[i % len(deck)], frames, f"s{i}")
+              for i, frames in enumerate(lengths)]
+    labels = "".join(f"[s{i}]" for i in range(len(scenes)))
+    graph = ";".join(s["filter"] for s in scenes) + f";{labels}concat=n={len(scenes)}:v=1:a=0[v]"
+    return VideoPlan(id=video_id, role=role, source=video_id, contains={video_id: "ND"},
+                     transforms=tuple(scenes), duration=total / config.fps, inputs=(),
+                     filter_graph=graph,
+                     encoding=_encoding(("-crf", str(rng.randrange(18, 24))), config.fps))
+
+
+# Near-duplicates ---------------------------------------------------------------------------------
+
+_WORDS = ("NEWS", "LIVE", "HD", "TV5", "REC", "CLIP", "SPORT", "VIRAL", "WOW", "24", "BREAKING",
+          "EXCLUSIVE")
+# Corners for a logo: drawtext's coordinates (text size tw x th), drawbox's (box size w x h).
+_CORNERS = (("10", "10", "10", "10"), ("w-tw-10", "10", "iw-w-10", "10"),
+            ("10", "h-th-10", "10", "ih-h-10"), ("w-tw-10", "h-th-10", "iw-w-10", "ih-h-10"))
+
+
+def _crop(rng, config, text_logos):
+    keep = rng.uniform(0.7, 0.9)
+    return {"filter": f"crop=iw*{keep:.3f}:ih*{keep:.3f}:(iw-ow)*{rng.random():.2f}"
+                      f":(ih-oh)*{rng.random():.2f}"}
+
+
+def _rescale(rng, config, text_logos):
+    scale = rng.uniform(0.45, 0.8)
+    aspect = rng.uniform(0.85, 1.15)
+    return {"filter": f"scale={2 * round(config.width * scale / 2)}"
+                      f":{2 * round(config.height * scale * aspect / 2)}"}
+
+
+def _mirror(rng, config, text_logos):
+    return {"filter": "hflip"}
+
+
+def _colour(rng, config, text_logos):
+    return {"filter": f"eq=brightness={rng.uniform(-0.15, 0.15):.3f}"
+                      f":contrast={rng.uniform(0.7, 1.4):.3f}"
+                      f":saturation={rng.uniform(0.4, 1.6):.3f}:gamma={rng.uniform(0.7, 1.4):.3f}"}
+
+
+def _hue(rng, config, text_logos):
+    return {"filter": f"hue=h={rng.uniform(-60, 60):.1f}:s={rng.uniform(0.5, 1.5):.2f}"}
+
+
+def _blur(rng, config, text_logos):
+    return {"filter": f"gblur=sigma={rng.uniform(0.8, 3):.2f}"}
+
+
+def _noise(rng, config, text_logos):
+    return {"filter": f"noise=alls={rng.randrange(8, 30)}:allf=t+u"
+                      f":all_seed={rng.randrange(2**31)}"}
+
+
+def _logo(rng, config, text_logos):
+    text_x, text_y, box_x, box_y = rng.choice(_CORNERS)
+    if text_logos:
+        return {"filter": f"drawtext=text='{rng.choice(_WORDS)}':fontsize={rng.randrange(14, 32)}"
+                          f":fontcolor={_color(rng)}@0.9:box=1:boxcolor={_color(rng)}@0.6"
+                          f":boxborderw=4:x={text_x}:y={text_y}"}
+    side = rng.uniform(0.12, 0.22)
+    return {"filter": f"drawbox=x={box_x}:y={box_y}:w=iw*{side:.2f}:h=ih*{side / 2:.2f}"
+                      f":color={_color(rng)}@0.8:t=fill"}
+
+
+def _border(rng, config, text_logos):
+    pad = rng.uniform(1.08, 1.3)
+    return {"filter": f"pad=iw*{pad:.3f}:ih*{pad:.3f}:(ow-iw)/2:(oh-ih)/2:color={_color(rng)}"}
+
+
+def _speed(rng, config, text_logos):
+    speed = rng.choice((0.8, 0.9, 1.1, 1.25))
+    return {"filter": f"setpts=PTS/{speed},fps={config.fps}", "speed": speed}
+
+
+def _frame_rate(rng, config, text_logos):
+    return {"filter": f"fps={rng.choice((10, 12, 15, 20))}"}
+
+
+# In the order an editor applies them: geometry, then colour and overlays, then time.
+_ND_EDITS: dict[str, Callable] = {
+    "crop": _crop, "scale": _rescale, "hflip": _mirror, "colour": _colour, "hue": _hue,
+    "blur": _blur, "noise": _noise, "logo": _logo, "border": _border, "speed": _speed,
+    "frame_rate": _frame_rate,
+}
+
+
+def _near_duplicate_plan(config, query: VideoPlan, n: int, text_logos: bool) -> VideoPlan:
+    video_id = f"{query.id}_nd{n}"
+    rng = _rng(config, video_id)
+    order = list(_ND_EDITS)
+    names = sorted(rng.sample(order, rng.randrange(2, 4)), key=order.index)
+    edits = [{"name": name, **_ND_EDITS[name](rng, config, text_logos)} for name in names]
+    speed = next((edit["speed"] for edit in edits if "speed" in edit), 1.0)
+    if rng.random() < 0.4:
+        kbits = rng.choice((60, 100, 150))
+        quality = ("-b:v", f"{kbits}k", "-maxrate", f"{kbits}k", "-bufsize", f"{2 * kbits}k")
+        name = "low_bitrate"
+    else:
+        quality, name = ("-crf", str(rng.randrange(20, 36))), "reencode"
+    chain = ",".join([edit["filter"] for edit in edits]
+                     + ["scale=trunc(iw/2)*2:trunc(ih/2)*2", "setsar=1", "format=yuv420p"])
+    frames = round(query.duration * config.fps / speed)
+    return VideoPlan(id=video_id, role="database", source=query.id, contains={query.id: "ND"},
+                     transforms=(*edits, {"name": name, "filter": " ".join(quality)}),
+                     duration=frames / config.fps, inputs=(query.id,),
+                     filter_graph=f"[0:v]{chain}[v]", encoding=_encoding(quality, config.fps))
+
+
+# Duplicate scenes --------------------------------------------------------------------------------
+
+_DS_KINDS = ("trim", "splice", "picture_in_picture")
+
+
+def _segment(rng: random.Random, total: int, low: float, high: float) -> tuple[int, int]:
+    """A random run of frames ``[start, end)`` covering a fraction low..high of ``total``."""
+    length = max(2, round(total * rng.uniform(low, high)))
+    start = rng.randrange(0, total - length + 1)
+    return start, start + length
+
+
+def _duplicate_scene_plan(config, query: VideoPlan, n: int, others: list) -> VideoPlan:
+    video_id = f"{query.id}_ds{n}"
+    rng = _rng(config, video_id)
+    kinds = _DS_KINDS if others else ("trim",)
+    # Each query cycles through the kinds from a random first one, so all of them occur.
+    first = _rng(config, f"{query.id}_ds").randrange(len(kinds))
+    kind = kinds[(first + n) % len(kinds)]
+    total = round(query.duration * config.fps)
+    finish = _finish(config.width, config.height)
+    contains = {query.id: "DS"}
+    if kind == "trim":
+        start, end = _segment(rng, total, 0.3, 0.6)
+        edit = rng.choice(("hue", "colour", "crop", "hflip"))
+        edit_filter = _ND_EDITS[edit](rng, config, False)["filter"]
+        graph = (f"[0:v]trim=start_frame={start}:end_frame={end},setpts=PTS-STARTPTS,"
+                 f"{edit_filter},{finish}[v]")
+        transforms = ({"name": "trim", "filter": f"frames {start}-{end}"},
+                      {"name": edit, "filter": edit_filter})
+        inputs, frames = (query.id,), end - start
+    elif kind == "splice":
+        other = rng.choice(others)
+        start, end = _segment(rng, total, 0.3, 0.5)
+        other_start, other_end = _segment(rng, round(other.duration * config.fps), 0.2, 0.4)
+        query_first = rng.random() < 0.5
+        graph = (f"[0:v]trim=start_frame={start}:end_frame={end},setpts=PTS-STARTPTS,{finish}[q];"
+                 f"[1:v]trim=start_frame={other_start}:end_frame={other_end},"
+                 f"setpts=PTS-STARTPTS,{finish}[o];"
+                 f"{'[q][o]' if query_first else '[o][q]'}concat=n=2:v=1:a=0[v]")
+        transforms = ({"name": "splice",
+                       "filter": f"frames {start}-{end} {'before' if query_first else 'after'} "
+                                 f"frames {other_start}-{other_end} of {other.id}"},)
+        inputs, frames = (query.id, other.id), (end - start) + (other_end - other_start)
+        contains[other.id] = "DS"
+    else:
+        other = rng.choice(others)
+        scale = rng.uniform(0.55, 0.75)
+        w, h = 2 * round(config.width * scale / 2), 2 * round(config.height * scale / 2)
+        x, y = rng.randrange(0, config.width - w + 1), rng.randrange(0, config.height - h + 1)
+        graph = (f"[1:v]{finish}[background];[0:v]scale={w}:{h},setsar=1[inset];"
+                 f"[background][inset]overlay=x={x}:y={y}:shortest=1,format=yuv420p[v]")
+        transforms = ({"name": "picture_in_picture",
+                       "filter": f"{w}x{h} at ({x},{y}) over {other.id}"},)
+        inputs = (query.id, other.id)
+        frames = min(total, round(other.duration * config.fps))
+        contains[other.id] = "DS"
+    return VideoPlan(id=video_id, role="database", source=query.id, contains=contains,
+                     transforms=transforms, duration=frames / config.fps, inputs=inputs,
+                     filter_graph=graph,
+                     encoding=_encoding(("-crf", str(rng.randrange(20, 30))), config.fps))
+
+
+# --- Running the plan ------------------------------------------------------------------------------
+
+@functools.cache
+def _drawtext_works() -> bool:
+    """Whether this ffmpeg build can draw text (it needs fontconfig and a font on the system)."""
+    result = subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi",
+         "-i", "color=s=64x32:d=0.04", "-vf", "drawtext=text=A:fontsize=12", "-f", "null", "-"],
+        capture_output=True)
+    return result.returncode == 0
+
+
+def _keys(plans: list) -> dict:
+    """A key per video from its command and its inputs' keys: equal keys mean equal files."""
+    keys = {}
+    for plan in plans:  # inputs come before the videos made from them
+        text = json.dumps([plan.arguments(), [keys[i] for i in plan.inputs]])
+        keys[plan.id] = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return keys
+
+
+def _is_complete(path: pathlib.Path, key: str) -> bool:
+    """Whether ``path`` is a readable video written for ``key``."""
+    try:
+        with av.open(str(path), metadata_errors="ignore") as container:
+            return (container.metadata.get("comment") == f"dns-tf:{key}"
+                    and bool(container.streams.video) and container.streams.video[0].frames > 0)
+    except (av.error.FFmpegError, OSError):
+        return False
+
+
+def _run_all(root: pathlib.Path, plans: list, keys: dict, workers: int, bar) -> None:
+    todo = []
+    for plan in plans:
+        if _is_complete(root / plan.path, keys[plan.id]):
+            bar.update()
+        else:
+            todo.append(plan)
+    errors = []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(_run_ffmpeg, root, plan, keys[plan.id]) for plan in todo]
+        for future in concurrent.futures.as_completed(futures):
+            try:
+                future.result()
+            except RuntimeError as error:
+                errors.append(error)
+            bar.update()
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {len(todo)} videos failed; first: {errors[0]}")
+
+
+def _run_ffmpeg(root: pathlib.Path, plan: VideoPlan, key: str) -> None:
+    """Runs one video's command into a temporary file, renamed into place once complete."""
+    target = root / plan.path
+    partial = target.with_name(target.name + ".part")
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
+               "-nostdin", "-filter_complex_threads", "1", *plan.arguments(),
+               "-metadata", f"comment=dns-tf:{key}", "-f", "mp4", str(partial.relative_to(root))]
+    result = subprocess.run(command, cwd=root, capture_output=True, text=True)
+    if result.returncode != 0:
+        partial.unlink(missing_ok=True)
+        raise RuntimeError(f"ffmpeg failed to make {plan.id} ({target}): "
+                           f"{result.stderr.strip()[-800:]}\ncommand: {' '.join(command)}")
+    os.replace(partial, target)
+
+
+def _describe(config: CollectionConfig, plans: list, keys: dict) -> dict:
+    """The content of ``collection.json``."""
+    recorded = {k: v for k, v in dataclasses.asdict(config).items() if k != "workers"}
+    queries = [p.id for p in plans if p.role == "query"]
+    database = [p.id for p in plans if p.role == "database"]
+    videos = {p.id: {"path": p.path, "role": p.role, "source": p.source, "contains": p.contains,
+                     "duration": p.duration, "transforms": list(p.transforms),
+                     "inputs": list(p.inputs), "key": keys[p.id],
+                     "ffmpeg": p.arguments()} for p in plans}
+    labels = {q: {v: videos[v]["contains"].get(q, "unrelated") for v in database}
+              for q in queries}
+    return {"format": FORMAT_VERSION, "config": recorded, "queries": queries,
+            "database": database, "labels": labels, "videos": videos}
+
+
+def _write_json(path: pathlib.Path, content: dict) -> None:
+    partial = path.with_name(path.name + ".part")
+    partial.write_text(json.dumps(content, indent=1) + "\n", encoding="utf-8")
+    os.replace(partial, path)

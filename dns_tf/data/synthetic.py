@@ -46,12 +46,10 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 
 from dns_tf.config import field
-from dns_tf.evaluation.metrics import ranked_average_precision
+from dns_tf.evaluation.datasets import FIVR
 
 #: Labels of related videos, from most to least related.
 LABELS = ("ND", "DS", "CS", "IS")
-#: FIVR's three tasks and the labels each counts as relevant.
-TASKS = {"DSVR": ("ND", "DS"), "CSVR": ("ND", "DS", "CS"), "ISVR": ("ND", "DS", "CS", "IS")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,8 +158,9 @@ class _Renderer:
         return _unit_vectors(_rng(c, _TOPIC, topic), c.background_vectors, c.dims)
 
     @functools.lru_cache(maxsize=256)
-    def _scene_base(self, scene: int, viewpoint: int) -> np.ndarray:
-        """[R, D]: the scene's regions before drift, as seen from a viewpoint (-1: its own)."""
+    def _scene_base(self, scene: int, viewpoint: int) -> tuple[np.ndarray, np.ndarray]:
+        """The scene's regions before drift ``[R, D]`` and their spatial layout (a permutation of
+        the R regions), as seen from a viewpoint (-1: the scene's own)."""
         c = self.config
         incident = scene // c.scenes_per_incident
         objects = _unit_vectors(_rng(c, _INCIDENT, incident), c.object_regions, c.dims)
@@ -242,10 +241,6 @@ class SyntheticFeatures(Mapping):
         """Every video id, in a fixed order."""
         return list(self._recipes)
 
-    def num_frames(self, video_id: str) -> int:
-        """T of a video without rendering it."""
-        return len(self[video_id])
-
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class SyntheticCollection:
@@ -254,8 +249,9 @@ class SyntheticCollection:
     Attributes:
         config: what it was generated from.
         features: Mapping video id -> ``[T, R, D]`` float32 over every video below.
-        queries: evaluation query ids.
-        database: evaluation database ids (every labelled video plus distractors; no queries).
+        queries: evaluation query ids, sorted.
+        database: evaluation database ids, sorted (every labelled video plus distractors; no
+            queries).
         labels: ``{query: {video: "ND" | "DS" | "CS" | "IS"}}``; unlisted videos are irrelevant.
         training_pool: ids of unlabelled training videos, disjoint from queries and database, with
             the same make-up (clusters of related videos among distractors).
@@ -267,43 +263,34 @@ class SyntheticCollection:
     database: tuple[str, ...]
     labels: Mapping[str, Mapping[str, str]]
     training_pool: tuple[str, ...]
-    _training_clusters: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]
+    # (anchor, its ND/DS positives, every member of its cluster) per training cluster.
+    _training_clusters: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = \
+        dataclasses.field(repr=False)
+
+    @functools.cached_property
+    def fivr(self) -> FIVR:
+        """The collection as a FIVR benchmark (:class:`dns_tf.evaluation.datasets.FIVR`)."""
+        annotation = {q: {label: [v for v, l in self.labels[q].items() if l == label]
+                          for label in LABELS} for q in self.queries}
+        return FIVR({"synthetic": {"queries": self.queries, "database": self.database},
+                     "annotation": annotation}, version="synthetic", source="synthetic collection")
 
     def evaluate(self, similarities) -> dict[str, float]:
-        """FIVR's mAPs: DSVR (ND, DS relevant), CSVR (+CS) and ISVR (+IS).
+        """FIVR's mAPs: DSVR (ND, DS relevant), CSVR (+CS) and ISVR (+IS), by FIVR's protocol.
 
         Args:
-            similarities: ``{query: {video: score}}`` covering every query (videos outside the
-                database and the query itself are skipped, unscored relevant videos count as
-                missed), or an array ``[len(queries), len(database)]`` in this collection's order.
+            similarities: ``{query: {video: score}}`` covering every query, or an array
+                ``[len(queries), len(database)]`` in the order of ``queries`` and ``database``.
 
         Returns:
             ``{"DSVR": mAP, "CSVR": mAP, "ISVR": mAP}``.
         """
-        if isinstance(similarities, np.ndarray):
-            expected = (len(self.queries), len(self.database))
-            if similarities.shape != expected:
-                raise ValueError(f"similarity matrix has shape {similarities.shape}, expected "
-                                 f"{expected} (queries x database)")
-            similarities = {q: dict(zip(self.database, row.tolist()))
-                            for q, row in zip(self.queries, similarities)}
-        missing = [q for q in self.queries if q not in similarities]
-        if missing:
-            raise ValueError(f"similarities lack {len(missing)} of {len(self.queries)} queries, "
-                             f"e.g. {missing[:3]}")
-        database = set(self.database)
-        results = {}
-        for task, relevant_labels in TASKS.items():
-            average_precisions = []
-            for query in self.queries:
-                scores = similarities[query]
-                relevant = {v for v, label in self.labels[query].items() if label in relevant_labels}
-                ranked = [v for v in sorted(scores, key=scores.__getitem__, reverse=True)
-                          if v != query and v in database]
-                hits = np.fromiter((v in relevant for v in ranked), bool, len(ranked))
-                average_precisions.append(ranked_average_precision(hits, len(relevant)))
-            results[task] = float(np.mean(average_precisions))
-        return results
+        if not isinstance(similarities, np.ndarray):
+            missing = [q for q in self.queries if q not in similarities]
+            if missing:  # FIVR would skip them; here that is a mistake worth hearing about
+                raise ValueError(f"similarities lack {len(missing)} of {len(self.queries)} "
+                                 f"queries, e.g. {missing[:3]}")
+        return self.fivr.evaluate(similarities)
 
     def training_triplets(self, seed: int = 0) -> list[tuple[str, str, str]]:
         """Labelled (anchor, positive, negative) triplets from the training pool, for teachers.
@@ -443,7 +430,7 @@ def make_synthetic_collection(config: SyntheticConfig = SyntheticConfig()) -> Sy
     return SyntheticCollection(
         config=c,
         features=features,
-        queries=tuple(names[i] for i in evaluation_queries),
+        queries=tuple(sorted(names[i] for i in evaluation_queries)),
         database=by_role["database"],
         labels={names[q]: {names[v]: label for v, label in labels.items()}
                 for q, labels in zip(evaluation_queries, evaluation_labels)},

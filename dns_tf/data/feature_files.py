@@ -106,21 +106,33 @@ def _as_float32(video_id, array: np.ndarray) -> np.ndarray:
 
 
 class _Lock:
-    """An exclusive ``flock`` on ``path``: one writer per output at a time (released on exit,
-    also when the process is killed)."""
+    """An exclusive ``flock`` on the file ``path``: one writer per output at a time.
+
+    The lock goes with the process (also when it is killed); the file is removed on release. A
+    process that opened the file just before it was removed would lock a dead inode, so the lock
+    counts only if ``path`` still names the locked file.
+    """
 
     def __init__(self, path: str, what: str):
-        self._file = open(path, "a")
-        try:
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        self.path = path
+        while True:
+            self._file = open(path, "a")
+            try:
+                fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._file.close()
+                raise FeatureFileError(f"{what} is being written by another process "
+                                       f"(lock {path} is held)") from None
+            try:
+                if os.stat(path).st_ino == os.fstat(self._file.fileno()).st_ino:
+                    return
+            except FileNotFoundError:
+                pass
             self._file.close()
-            raise FeatureFileError(f"{what} is being written by another process "
-                                   f"(lock {path} is held)") from None
 
     def release(self):
         if not self._file.closed:
-            fcntl.flock(self._file, fcntl.LOCK_UN)
+            os.remove(self.path)
             self._file.close()
 
 
@@ -254,7 +266,11 @@ class TFRecordFeatureWriter:
         self._lock = _Lock(os.path.join(self.directory, ".lock"), self.directory)
         self._done: set[str] = set()
         self._next_shard = 0
-        self._recover()
+        try:
+            self._recover()
+        except BaseException:
+            self._lock.release()
+            raise
         self._writer = None
         self._shard_path = None
         self._index_file = None

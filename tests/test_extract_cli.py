@@ -1,0 +1,76 @@
+"""``dns-tf extract`` end to end on tiny generated videos, one of them corrupt."""
+
+import json
+
+import numpy as np
+import pytest
+
+from dns_tf.cli import main
+from dns_tf.data.feature_files import open_features
+from dns_tf.features.extractor import FeatureExtractor
+from dns_tf.features.video import load_video
+from tests.videos import make_video
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    (root / "nested").mkdir()
+    make_video(root / "one.mp4", seconds=2, fps=5)
+    make_video(root / "nested" / "two.webm", seconds=1, fps=5, codec="libvpx-vp9",
+               pattern="mandelbrot")
+    make_video(root / "three.mkv", seconds=3, fps=5, pattern="smptebars")
+    corrupt = root / "corrupt.mp4"
+    corrupt.write_bytes((root / "one.mp4").read_bytes()[:300])   # header only, no frames
+    (root / "notes.txt").write_text("not a video, not picked from a directory")
+    return root
+
+
+def _extract(collection, checkpoints, out, *extra):
+    return main(["extract", str(collection), str(collection / "missing.mp4"), "--out", str(out),
+                 "--resnet", str(checkpoints / "resnet50_torchvision.npz"),
+                 "--pca", str(checkpoints / "pca_resnet50.npz"),
+                 "--batch_size", "4", "--workers", "2", "--no-progress", *extra])
+
+
+def test_extract_writes_every_readable_video_and_reports_the_rest(collection, checkpoints,
+                                                                 tmp_path, capsys):
+    out = tmp_path / "features.h5"
+    assert _extract(collection, checkpoints, out) == 1   # 1: some videos were skipped
+    report = json.loads((tmp_path / "features.h5.report.json").read_text())
+    assert report["extracted"] == 3 and report["frames"] == 2 + 1 + 3
+    reasons = {failure["path"].rsplit("/", 1)[-1]: failure["reason"] for failure in report["failed"]}
+    assert set(reasons) == {"corrupt.mp4", "missing.mp4"}
+    assert "no such file" in reasons["missing.mp4"]
+    assert "corrupt.mp4" in capsys.readouterr().err
+
+    extractor = FeatureExtractor.from_official(checkpoints / "resnet50_torchvision.npz",
+                                               checkpoints / "pca_resnet50.npz")
+    with open_features(out) as features:
+        assert sorted(features.ids()) == ["one", "three", "two"]
+        for video_id, path in [("one", "one.mp4"), ("two", "nested/two.webm")]:
+            expected = extractor.extract(load_video(collection / path), batch_size=4)
+            assert features[video_id].shape == expected.shape == (len(expected), 9, 512)
+            np.testing.assert_allclose(features[video_id], expected, atol=1e-5)
+
+    # A rerun finds everything done and decodes nothing but the failures again.
+    assert _extract(collection, checkpoints, out) == 1
+    report = json.loads((tmp_path / "features.h5.report.json").read_text())
+    assert report["extracted"] == 0 and report["already_done"] == 3
+    assert len(report["failed"]) == 2
+
+
+def test_extract_to_tfrecord_with_frame_limit(collection, checkpoints, tmp_path):
+    out = tmp_path / "shards"
+    assert _extract(collection, checkpoints, out, "--max_frames", "1", "--dtype", "float16",
+                    "--dims", "64") == 1
+    with open_features(out) as features:
+        assert sorted(features.ids()) == ["one", "three", "two"]
+        assert {features[video_id].shape for video_id in features} == {(1, 9, 64)}
+    assert json.loads((tmp_path / "shards.report.json").read_text())["frames"] == 3
+
+
+def test_extract_needs_the_backbone(collection, tmp_path, monkeypatch):
+    monkeypatch.delenv("DNS_TF_RESNET50", raising=False)
+    with pytest.raises(SystemExit, match="--resnet"):
+        main(["extract", str(collection), "--out", str(tmp_path / "f.h5")])

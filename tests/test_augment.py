@@ -94,7 +94,8 @@ def test_temporal_augment_draws_the_reference_mixture():
 def test_temporal_augment_is_deterministic_per_seed():
     a = [augment.temporal_augment(frames(50), np.random.default_rng(7)) for _ in range(3)]
     assert all(np.array_equal(a[0], x) for x in a)
-    outs = {tuple(augment.temporal_augment(frames(50), np.random.default_rng(s))) for s in range(40)}
+    outs = {tuple(augment.temporal_augment(frames(50), np.random.default_rng(seed)))
+            for seed in range(40)}
     assert len(outs) > 5
 
 

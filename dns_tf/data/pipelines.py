@@ -119,8 +119,8 @@ class DistillationSampler:
     """Draws one positive and one negative per anchor each epoch, as the reference does.
 
     Only videos present in ``videos`` take part (the reference's check against the feature file);
-    ``fraction`` keeps a seeded random share of them (its ``--trainset_percentage / 100``). An anchor
-    needs at least one positive and one negative left to be used.
+    ``fraction`` keeps a seeded random share of them (its ``--trainset_percentage / 100``). An
+    anchor needs at least one positive and one negative left to be used.
     """
 
     def __init__(self, pairs: TeacherPairs, videos: set[str] | None = None, seed: int = 0,

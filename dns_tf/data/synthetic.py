@@ -34,7 +34,7 @@ Example:
     collection = make_synthetic_collection(SyntheticConfig(seed=0, dims=32))
     video = collection.features[collection.queries[0]]          # [T, 9, 32] float32
     scores = {q: {v: my_similarity(q, v) for v in collection.database} for q in collection.queries}
-    collection.evaluate(scores)                                   # {"DSVR": ..., "CSVR": ..., "ISVR": ...}
+    collection.evaluate(scores)     # {"DSVR": ..., "CSVR": ..., "ISVR": ...}
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ class SyntheticConfig:
     seed: int = field(0, "seed of everything in the collection")
     dims: int = field(512, "feature dimensions D (512 for students, small for tests)")
     regions: int = field(9, "regions per frame R")
-    object_regions: int = field(2, "regions per frame that show the incident (the rest: background)")
+    object_regions: int = field(2, "regions per frame that show the incident (the others show "
+                                   "background)")
     topics: int = field(3, "topics; videos of a topic share background vectors")
     background_vectors: int = field(3, "background vectors per topic")
     hard_negative_share: float = field(0.9, "share of unrelated content drawn from the query's "
@@ -70,7 +71,8 @@ class SyntheticConfig:
     complementary_scenes: int = field(2, "CS videos per query")
     incident_scenes: int = field(2, "IS videos per query")
     distractors: int = field(80, "unrelated videos in the evaluation database")
-    training_incidents: int = field(20, "incidents in the training pool, each with a related cluster")
+    training_incidents: int = field(20, "incidents in the training pool, each with a cluster of "
+                                        "related videos")
     training_distractors: int = field(80, "unrelated videos in the training pool")
     scenes_per_incident: int = field(3, "scenes (moments) per incident")
     min_frames: int = field(10, "shortest query window, in frames")

@@ -99,8 +99,9 @@ class Video:
         role: ``"query"`` or ``"database"``.
         source: the source video it was made from (itself for sources).
         contains: source id -> how this video relates to that source's query (``"ND"``/``"DS"``).
-        transforms: what was done, in order: ``{"name": ..., "filter": ...}`` (sources: their
-            scenes as ``{"name": generator, "filter": ...}``).
+        transforms: what was done, in order: ``{"name": ..., "filter": ...}`` and the edit's
+            numbers (frames of a trim or splice, place of an inset); sources list their scenes
+            as ``{"name": generator, "filter": ...}``.
         duration: its length in seconds.
     """
 
@@ -544,7 +545,8 @@ def _duplicate_scene_plan(config, query: VideoPlan, n: int, others: list) -> Vid
         edit_filter = _ND_EDITS[edit](rng, config, False)["filter"]
         graph = (f"[0:v]trim=start_frame={start}:end_frame={end},setpts=PTS-STARTPTS,"
                  f"{edit_filter},{finish}[v]")
-        transforms = ({"name": "trim", "filter": f"frames {start}-{end}"},
+        transforms = ({"name": "trim", "filter": f"trim=start_frame={start}:end_frame={end}",
+                       "start_frame": start, "end_frame": end},
                       {"name": edit, "filter": edit_filter})
         inputs, frames = (query.id,), end - start
     elif kind == "splice":
@@ -556,9 +558,9 @@ def _duplicate_scene_plan(config, query: VideoPlan, n: int, others: list) -> Vid
                  f"[1:v]trim=start_frame={other_start}:end_frame={other_end},"
                  f"setpts=PTS-STARTPTS,{finish}[o];"
                  f"{'[q][o]' if query_first else '[o][q]'}concat=n=2:v=1:a=0[v]")
-        transforms = ({"name": "splice",
-                       "filter": f"frames {start}-{end} {'before' if query_first else 'after'} "
-                                 f"frames {other_start}-{other_end} of {other.id}"},)
+        transforms = ({"name": "splice", "filter": graph, "start_frame": start,
+                       "end_frame": end, "other": other.id, "other_start_frame": other_start,
+                       "other_end_frame": other_end, "query_first": query_first},)
         inputs, frames = (query.id, other.id), (end - start) + (other_end - other_start)
         contains[other.id] = "DS"
     else:
@@ -568,8 +570,8 @@ def _duplicate_scene_plan(config, query: VideoPlan, n: int, others: list) -> Vid
         x, y = rng.randrange(0, config.width - w + 1), rng.randrange(0, config.height - h + 1)
         graph = (f"[1:v]{finish}[background];[0:v]scale={w}:{h},setsar=1[inset];"
                  f"[background][inset]overlay=x={x}:y={y}:shortest=1,format=yuv420p[v]")
-        transforms = ({"name": "picture_in_picture",
-                       "filter": f"{w}x{h} at ({x},{y}) over {other.id}"},)
+        transforms = ({"name": "picture_in_picture", "filter": graph, "other": other.id,
+                       "x": x, "y": y, "width": w, "height": h},)
         inputs = (query.id, other.id)
         frames = min(total, round(other.duration * config.fps))
         contains[other.id] = "DS"

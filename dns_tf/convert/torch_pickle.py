@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from dns_tf.safe_pickle import RestrictedUnpickler
+
 try:  # ml_dtypes ships with TensorFlow; only bfloat16 storages need it.
     from ml_dtypes import bfloat16 as _bfloat16
 except ImportError:  # pragma: no cover
@@ -83,32 +85,30 @@ def _rebuild_parameter(data: np.ndarray, *_unused) -> np.ndarray:
     return data
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    _ALLOWED = {
-        ("collections", "OrderedDict"): collections.OrderedDict,
-        ("argparse", "Namespace"): argparse.Namespace,
-        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-        ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    }
+_ALLOWED_GLOBALS = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("argparse", "Namespace"): argparse.Namespace,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    **{("torch", name): _StorageType(name)
+       for name, dtype in _STORAGE_DTYPES.items() if dtype is not None},
+}
+
+
+class _CheckpointUnpickler(RestrictedUnpickler):
+    """Resolves tensor storages from the zip archive; every global must be on the allow-list."""
 
     def __init__(self, file, archive: zipfile.ZipFile, top: str, byteorder: str, path: str):
-        super().__init__(file)
+        super().__init__(
+            file, path, _ALLOWED_GLOBALS, UnsafeCheckpointError,
+            "checkpoints may only contain tensors, OrderedDict, argparse.Namespace and plain "
+            "Python values (a pickle that names other callables could run code)")
         self._archive = archive
         self._top = top
         self._byteorder = byteorder
         self._path = path
         self._storages: dict[str, np.ndarray] = {}
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self._ALLOWED:
-            return self._ALLOWED[(module, name)]
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(name)
-        raise UnsafeCheckpointError(
-            f"{self._path}: refusing to load '{module}.{name}': checkpoints may only contain "
-            "tensors, OrderedDict, argparse.Namespace and plain Python values "
-            "(a pickle that names other callables could run code)")
 
     def persistent_load(self, pid: Any) -> np.ndarray:
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
@@ -163,4 +163,4 @@ def load_torch_file(path: str | os.PathLike) -> Any:
         if byteorder not in ("little", "big"):
             raise CheckpointFormatError(f"{path}: unknown byteorder {byteorder!r}")
         with archive.open(pickles[0]) as file:
-            return _RestrictedUnpickler(file, archive, top, byteorder, path).load()
+            return _CheckpointUnpickler(file, archive, top, byteorder, path).load()

@@ -36,6 +36,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from dns_tf.safe_pickle import RestrictedUnpickler
+
 POOLS = ("positives", "negatives")
 
 
@@ -62,23 +64,6 @@ for _module in ("numpy.core", "numpy._core"):
     _ALLOWED_GLOBALS[(f"{_module}.multiarray", "scalar")] = np._core.multiarray.scalar
     _ALLOWED_GLOBALS[(f"{_module}.multiarray", "_reconstruct")] = np._core.multiarray._reconstruct
     _ALLOWED_GLOBALS[(f"{_module}.numeric", "_frombuffer")] = np._core.numeric._frombuffer
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file, source: str):
-        super().__init__(file)
-        self._source = source
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise UnsafePairsError(
-                f"{self._source}: refusing to load {module}.{name}; a pairs file holds only "
-                "dicts, lists, numbers, strings and numpy scalars/arrays") from None
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise UnsafePairsError(f"{self._source}: refusing persistent id {pid!r} in a pairs file")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -189,7 +174,10 @@ def load_pairs(path: str | os.PathLike) -> TeacherPairs:
     source = os.fspath(path)
     with open(source, "rb") as f:
         try:
-            raw = _RestrictedUnpickler(f, source).load()
+            raw = RestrictedUnpickler(
+                f, source, _ALLOWED_GLOBALS, UnsafePairsError,
+                "a pairs file holds only dicts, lists, numbers, strings and numpy "
+                "scalars/arrays").load()
         except UnsafePairsError:
             raise
         except Exception as error:  # truncated or not a pickle at all

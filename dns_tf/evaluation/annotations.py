@@ -18,9 +18,12 @@ import os
 import pickle
 from typing import Any
 
+from dns_tf.safe_pickle import RestrictedUnpickler
+
 _ALLOWED_CONTAINERS = ("dict", "list", "tuple", "set", "frozenset")
 # Python 2 pickles name the builtins module ``__builtin__``.
-_BUILTIN_MODULES = ("builtins", "__builtin__")
+_ALLOWED_GLOBALS = {(module, name): getattr(builtins, name)
+                    for module in ("builtins", "__builtin__") for name in _ALLOWED_CONTAINERS}
 
 
 class UnsafeAnnotationError(pickle.UnpicklingError):
@@ -29,26 +32,6 @@ class UnsafeAnnotationError(pickle.UnpicklingError):
 
 class AnnotationFormatError(ValueError):
     """An annotation file does not have the layout its dataset expects."""
-
-
-class _ContainerUnpickler(pickle.Unpickler):
-    """An unpickler whose only importable names are the builtin containers."""
-
-    def __init__(self, file, path: str):
-        super().__init__(file)
-        self._path = path
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module in _BUILTIN_MODULES and name in _ALLOWED_CONTAINERS:
-            return getattr(builtins, name)
-        raise UnsafeAnnotationError(
-            f"{self._path}: refusing to load {module}.{name}; annotation pickles may only hold "
-            f"builtin containers ({', '.join(_ALLOWED_CONTAINERS)}), strings and numbers")
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise UnsafeAnnotationError(
-            f"{self._path}: refusing persistent id {pid!r}; annotation pickles may only hold "
-            "builtin containers, strings and numbers")
 
 
 def load_annotation_pickle(path: str | os.PathLike) -> Any:
@@ -62,7 +45,10 @@ def load_annotation_pickle(path: str | os.PathLike) -> Any:
     path = os.fspath(path)
     with open(path, "rb") as file:
         try:
-            return _ContainerUnpickler(file, path).load()
+            return RestrictedUnpickler(
+                file, path, _ALLOWED_GLOBALS, UnsafeAnnotationError,
+                f"annotation pickles may only hold builtin containers "
+                f"({', '.join(_ALLOWED_CONTAINERS)}), strings and numbers").load()
         except UnsafeAnnotationError:
             raise
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError,

@@ -1,4 +1,4 @@
-"""dns_tf.features.video: which frames come out, their content and shape, and every kind of bad file."""
+"""dns_tf.features.video: which frames come out, their content and shape, every kind of bad file."""
 
 import logging
 import math
@@ -225,9 +225,9 @@ def test_damaged_packets_are_skipped_and_logged(tmp_path, caplog):
 
 @pytest.mark.parametrize("kwargs", [{"fps": 0}, {"resize": 0}, {"crop": 300},
                                     {"max_frames": 0}])
-def test_invalid_arguments_are_rejected(videos, kwargs):
+def test_invalid_arguments_are_rejected_when_called(videos, kwargs):
     with pytest.raises(ValueError):
-        load_video(videos["25fps.mp4"], **kwargs)
+        iter_frames(videos["25fps.mp4"], **kwargs)
 
 
 def test_crop_larger_than_the_frame_is_a_clear_error(videos):

@@ -29,7 +29,7 @@ Example:
     collection = generate_collection("demo_videos", CollectionConfig(seed=0))
     collection.queries                  # ('q000', 'q001', ...)
     collection.path("q000_nd0")         # PosixPath('demo_videos/videos/q000_nd0.mp4')
-    collection.ground_truth()["q000"]   # {'q000_nd0': 'ND', 'q000_ds0': 'DS', 'd000': 'unrelated', ...}
+    collection.ground_truth()["q000"]   # {'q000_nd0': 'ND', 'q000_ds0': 'DS', 'd000': 'unrelated'}
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ LABELS = ("ND", "DS", "unrelated")
 
 @dataclasses.dataclass(frozen=True)
 class CollectionConfig:
-    """What to generate; the defaults make the demo's collection in well under 2 minutes on 2 cores."""
+    """What to generate; the defaults make the demo's collection in under a minute on 2 cores."""
 
     seed: int = field(0, "random seed: the same seed gives the same collection")
     num_queries: int = field(5, "query videos (each with its near-duplicates and duplicate scenes)")
@@ -86,7 +86,7 @@ class CollectionConfig:
                              f"got {self.width}x{self.height}")
         if self.seconds * self.fps < 2 * self.scenes:
             raise ValueError(f"CollectionConfig.seconds={self.seconds} is too short for "
-                             f"{self.scenes} scenes at {self.fps} fps")
+                             f"{self.scenes} scenes of 2 frames at {self.fps} fps")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +132,8 @@ class Collection:
         return {video_id: video.path for video_id, video in self.videos.items()}
 
     def label(self, query_id: str, video_id: str) -> str:
-        """``"ND"``, ``"DS"`` or ``"unrelated"``: how database video ``video_id`` relates to a query."""
+        """``"ND"``, ``"DS"`` or ``"unrelated"``: how database video ``video_id`` relates to
+        query ``query_id``."""
         query = self.videos[query_id]
         return self.videos[video_id].contains.get(query.source, "unrelated")
 
@@ -284,8 +285,18 @@ def _finish(width: int, height: int) -> str:
 
 # Sources ---------------------------------------------------------------------------------------
 
+def _rgb(rng: random.Random) -> tuple[int, int, int]:
+    return rng.randrange(256), rng.randrange(256), rng.randrange(256)
+
+
 def _color(rng: random.Random) -> str:
-    return f"0x{rng.randrange(256):02x}{rng.randrange(256):02x}{rng.randrange(256):02x}"
+    """A random colour in FFmpeg's syntax."""
+    return "0x{:02x}{:02x}{:02x}".format(*_rgb(rng))
+
+
+def _oscillation(rng: random.Random, low: float, high: float) -> str:
+    """An expression of time ``t`` sweeping 0..1 and back at a random pace and phase."""
+    return f"(0.5+0.5*sin({rng.uniform(low, high):.2f}*t+{rng.uniform(0, 6.28):.2f}))"
 
 
 _PALETTES = ("magma", "inferno", "plasma", "viridis", "turbo", "cividis", "solar", "spectral",
@@ -308,8 +319,9 @@ def _mandelbrot(rng, w, h, fps, frames):
 def _life(rng, w, h, fps, frames):
     cell = rng.choice((2, 3, 4))
     rule = rng.choice(("B3/S23", "B36/S23", "B3678/S34678", "B368/S245", "B35678/S5678"))
-    return (f"life=s={w // cell}x{h // cell}:r={fps}:rule={rule}:ratio={rng.uniform(0.2, 0.6):.2f}"
-            f":seed={rng.randrange(2**31)}:mold={rng.randrange(0, 40)}"
+    return (f"life=s={w // cell}x{h // cell}:r={fps}:rule={rule}"
+            f":ratio={rng.uniform(0.2, 0.6):.2f}:seed={rng.randrange(2**31)}"
+            f":mold={rng.randrange(0, 40)}"
             f":life_color={_color(rng)}:death_color={_color(rng)}:mold_color={_color(rng)}"
             f",scale={w}:{h}:flags=neighbor")
 
@@ -317,9 +329,9 @@ def _life(rng, w, h, fps, frames):
 def _cellular_automaton(rng, w, h, fps, frames):
     cell = rng.choice((2, 3, 4))
     rule = rng.choice((18, 30, 45, 54, 57, 73, 90, 105, 110, 150))
-    low, high = _color(rng), _color(rng)
-    channels = ":".join(f"{c}='if(gt(val,127),{int(high[2 + 2 * i:4 + 2 * i], 16)},"
-                        f"{int(low[2 + 2 * i:4 + 2 * i], 16)})'" for i, c in enumerate("rgb"))
+    dead, alive = _rgb(rng), _rgb(rng)
+    channels = ":".join(f"{channel}='if(gt(val,127),{alive[i]},{dead[i]})'"
+                        for i, channel in enumerate("rgb"))
     return (f"cellauto=s={w // cell}x{h // cell}:r={fps}:rule={rule}"
             f":ratio={rng.uniform(0.3, 0.7):.2f}:seed={rng.randrange(2**31)}:start_full=1"
             f",scale={w}:{h}:flags=neighbor,format=rgb24,lutrgb={channels}")
@@ -352,9 +364,9 @@ def _perlin(rng, w, h, fps, frames):
 
 
 def _zone_plate(rng, w, h, fps, frames):
-    return (f"zoneplate=s={w}x{h}:r={fps}:kx={rng.randrange(-50, 50)}:ky={rng.randrange(-50, 50)}"
-            f":kx2={rng.randrange(10, 200)}:ky2={rng.randrange(10, 200)}:kt2={rng.randrange(0, 8)}"
-            f":kxy={rng.randrange(-60, 60)}"
+    return (f"zoneplate=s={w}x{h}:r={fps}:kx={rng.randrange(-50, 50)}"
+            f":ky={rng.randrange(-50, 50)}:kx2={rng.randrange(10, 200)}"
+            f":ky2={rng.randrange(10, 200)}:kt2={rng.randrange(0, 8)}:kxy={rng.randrange(-60, 60)}"
             f":kxt={rng.randrange(-40, 40)}:kyt={rng.randrange(-40, 40)}"
             f":ku={rng.randrange(0, 120)}:kv={rng.randrange(0, 120)}")
 
@@ -366,8 +378,10 @@ def _sierpinski(rng, w, h, fps, frames):
 
 def _plasma(rng, w, h, fps, frames):
     def wave():
-        return (f"128+127*sin(X/{rng.uniform(6, 40):.1f}{rng.choice('+-')}T*{rng.uniform(0.5, 3):.2f})"
-                f"*cos(Y/{rng.uniform(6, 40):.1f}{rng.choice('+-')}T*{rng.uniform(0.5, 3):.2f})")
+        def term(axis):
+            return (f"{axis}/{rng.uniform(6, 40):.1f}{rng.choice('+-')}"
+                    f"T*{rng.uniform(0.5, 3):.2f}")
+        return f"128+127*sin({term('X')})*cos({term('Y')})"
     return f"nullsrc=s={w}x{h}:r={fps},format=gbrp,geq=r='{wave()}':g='{wave()}':b='{wave()}'"
 
 
@@ -385,15 +399,14 @@ def _scene(rng: random.Random, config: CollectionConfig, name: str, frames: int,
     w, h = 2 * round(config.width * zoom / 2), 2 * round(config.height * zoom / 2)
     chain = [_GENERATORS[name](rng, w, h, config.fps, frames)]
     if zoom > 1.05:
-        chain.append(f"crop={config.width}:{config.height}"
-                     f":x='(iw-ow)*(0.5+0.5*sin({rng.uniform(0.2, 1):.2f}*t+{rng.uniform(0, 6):.2f}))'"
-                     f":y='(ih-oh)*(0.5+0.5*sin({rng.uniform(0.2, 1):.2f}*t+{rng.uniform(0, 6):.2f}))'")
+        chain.append(f"crop={config.width}:{config.height}:x='(iw-ow)*{_oscillation(rng, 0.2, 1)}'"
+                     f":y='(ih-oh)*{_oscillation(rng, 0.2, 1)}'")
     chain.append(f"hue=h={rng.randrange(360)}:s={rng.uniform(0.7, 1.5):.2f}")
     if rng.random() < 0.6:
         side = rng.uniform(0.1, 0.25)
         chain.append(f"drawbox=w=iw*{side:.2f}:h=ih*{side:.2f}:color={_color(rng)}@0.85:t=fill"
-                     f":x='(iw-w)*(0.5+0.5*sin({rng.uniform(0.5, 2):.2f}*t))'"
-                     f":y='(ih-h)*(0.5+0.5*cos({rng.uniform(0.5, 2):.2f}*t))'")
+                     f":x='(iw-w)*{_oscillation(rng, 0.5, 2)}'"
+                     f":y='(ih-h)*{_oscillation(rng, 0.5, 2)}'")
     chain += [_finish(config.width, config.height),
               f"trim=end_frame={frames}", "setpts=PTS-STARTPTS"]
     return {"name": name, "filter": ",".join(chain) + f"[{label}]"}
@@ -402,9 +415,11 @@ def _scene(rng: random.Random, config: CollectionConfig, name: str, frames: int,
 def _source_plan(config: CollectionConfig, video_id: str, role: str) -> VideoPlan:
     rng = _rng(config, video_id)
     total = round(config.seconds * config.fps)
+    # Scene lengths: one frame each, the rest shared in random proportions.
     weights = [rng.uniform(0.6, 1.4) for _ in range(config.scenes)]
-    lengths = [max(2, round(total * w / sum(weights))) for w in weights[:-1]]
-    lengths.append(total - sum(lengths))
+    cuts = [round((total - config.scenes) * sum(weights[:i]) / sum(weights))
+            for i in range(config.scenes + 1)]
+    lengths = [1 + end - start for start, end in zip(cuts, cuts[1:])]
     # Different generators for the scenes of a video (as long as there are enough of them).
     deck = rng.sample(sorted(_GENERATORS), len(_GENERATORS))
     scenes = [_scene(rng, config, deck[i % len(deck)], frames, f"s{i}")
@@ -581,7 +596,7 @@ def _duplicate_scene_plan(config, query: VideoPlan, n: int, others: list) -> Vid
                      encoding=_encoding(("-crf", str(rng.randrange(20, 30))), config.fps))
 
 
-# --- Running the plan ------------------------------------------------------------------------------
+# --- Running the plan ----------------------------------------------------------------------------
 
 @functools.cache
 def _drawtext_works() -> bool:

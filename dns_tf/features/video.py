@@ -30,14 +30,14 @@ Example:
     frames = load_video("clip.mp4")                    # [T, 224, 224, 3] uint8, T = ceil(duration)
     for frame in iter_frames("long.mp4", fps=2.0):    # [224, 224, 3] uint8, bounded memory
         ...
-    probe_video("clip.mp4")  # {'duration': 12.0, 'fps': 25.0, 'width': 320, 'height': 240, 'frames': 300}
+    probe_video("clip.mp4")  # {'duration': 12.0, 'fps': 25.0, 'width': 320, 'height': 240,
+                             #  'frames': 300}
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 from fractions import Fraction
 from typing import Iterator
@@ -84,7 +84,11 @@ def iter_frames(path: str | os.PathLike, fps: float = 1.0, resize: int | None = 
         VideoDecodeError: the file is missing, empty, not a video, or has no decodable frame.
         ValueError: invalid arguments.
     """
-    _check_sampling(fps, resize, crop, max_frames)
+    _check_sampling(fps, resize, crop, max_frames)  # now, not at the first frame
+    return _sampled_frames(path, fps, resize, crop, max_frames)
+
+
+def _sampled_frames(path, fps, resize, crop, max_frames) -> Iterator[np.ndarray]:
     period = 1 / Fraction(fps).limit_denominator(1_000_000)
     target = Fraction(0)
     count = 0
@@ -104,7 +108,7 @@ def iter_frames(path: str | os.PathLike, fps: float = 1.0, resize: int | None = 
 
 def load_video(path: str | os.PathLike, fps: float = 1.0, resize: int | None = 256,
                crop: int | None = 224, max_frames: int | None = None) -> np.ndarray:
-    """Decodes a whole video: uint8 ``[T, crop, crop, 3]``; see :func:`iter_frames` for arguments."""
+    """Decodes a whole video: uint8 ``[T, crop, crop, 3]``; arguments as :func:`iter_frames`."""
     return np.stack(list(iter_frames(path, fps=fps, resize=resize, crop=crop,
                                      max_frames=max_frames)))
 
@@ -167,7 +171,7 @@ def _check_sampling(fps, resize, crop, max_frames) -> None:
 
 @contextlib.contextmanager
 def _open_video(path):
-    """Opens ``path`` and yields ``(container, video_stream)``; every failure is a VideoDecodeError."""
+    """Opens ``path``, yields ``(container, video_stream)``; any failure is a VideoDecodeError."""
     if not os.path.exists(path):
         raise VideoDecodeError(path, "file not found")
     if not os.path.isfile(path):
@@ -222,7 +226,7 @@ def _decoded_frames(path, container, stream) -> Iterator[av.VideoFrame]:
 
 
 def _frames_with_end_times(path, container, stream) -> Iterator[tuple[av.VideoFrame, Fraction]]:
-    """Yields ``(frame, end)``: each frame with the time, from the first frame, it leaves the screen.
+    """Yields ``(frame, end)``: each frame and when (s after the first frame) it leaves the screen.
 
     A frame's end is the next frame's timestamp; the last frame's is its timestamp plus its
     duration. Missing timestamps are filled in from the previous frame, timestamps going backwards

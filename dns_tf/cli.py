@@ -19,6 +19,8 @@ COMMAND_MODULES = (
     "dns_tf.bench.command",
     "dns_tf.features.command",
     "dns_tf.data.collection_command",
+    "serving.export_command",
+    "serving.search_command",
 )
 
 

@@ -27,3 +27,13 @@ class ServeConfig:
     enable_batching: bool = field(False, "accepted for TF Serving compatibility: the embedded server "
                                          "runs each request as one batch and does not batch across requests")
     batching_parameters_file: str | None = field(None, "BatchingParameters text proto, checked and logged")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientConfig:
+    """How ``serving.client`` talks to a server: the defaults of its clients and of ``dns-tf search``."""
+
+    timeout: float = field(30.0, "seconds each request attempt may take (its gRPC deadline)")
+    retries: int = field(3, "times a request failing with UNAVAILABLE is resent")
+    backoff: float = field(0.1, "seconds before the first retry, doubling for each next one")
+    max_backoff: float = field(5.0, "longest wait between retries, in seconds")

@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser, config_cls: type, prefix: str
         name = "--" + prefix + f.name
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         kind, is_sequence = _flag_type(hints[f.name])
-        help_text = f.metadata.get("help", "")
+        help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
         kwargs: dict[str, Any] = {"dest": prefix + f.name, "default": default}
         if kind is bool:
             parser.add_argument(name, action=argparse.BooleanOptionalAction,

@@ -39,7 +39,8 @@ def test_extract_writes_every_readable_video_and_reports_the_rest(collection, ch
     assert _extract(collection, checkpoints, out) == 1   # 1: some videos were skipped
     report = json.loads((tmp_path / "features.h5.report.json").read_text())
     assert report["extracted"] == 3 and report["frames"] == 2 + 1 + 3
-    reasons = {failure["path"].rsplit("/", 1)[-1]: failure["reason"] for failure in report["failed"]}
+    reasons = {failure["path"].rsplit("/", 1)[-1]: failure["reason"]
+               for failure in report["failed"]}
     assert set(reasons) == {"corrupt.mp4", "missing.mp4"}
     assert "no such file" in reasons["missing.mp4"]
     assert "corrupt.mp4" in capsys.readouterr().err

@@ -106,3 +106,29 @@ def test_keras_applications_backbone_builds_offline():
     regions = keras.ops.convert_to_numpy(extractor(frames))
     assert regions.shape == (1, 2, 3840)   # 112x144: a 1x2 grid
     np.testing.assert_allclose(np.linalg.norm(regions, axis=-1), 1.0, atol=1e-5)
+
+
+def _tiny_backbone():
+    """Four stages at strides 4, 8, 16, 32, like ResNet50's layer1..layer4, but 2 channels."""
+    images = keras.Input((None, None, 3))
+    x, stages = images, []
+    for strides in (4, 2, 2, 2):
+        x = keras.layers.Conv2D(2, 1, strides=strides, activation="relu")(x)
+        stages.append(x)
+    return keras.Model(images, stages)
+
+
+def test_saved_extractor_loads_back(tmp_path):
+    rng = np.random.default_rng(0)
+    components = PCAComponents(rng.standard_normal(8).astype(np.float32),
+                               np.linalg.qr(rng.standard_normal((8, 8)))[0].astype(np.float32),
+                               rng.uniform(0.5, 1.5, 8).astype(np.float32))
+    extractor = FeatureExtractor(_tiny_backbone(), PCAWhitening.from_components(components, dims=4),
+                                 normalization="caffe")
+    frames = rng.integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
+    expected = keras.ops.convert_to_numpy(extractor(frames))
+    assert expected.shape == (2, 9, 4)
+    extractor.save(tmp_path / "extractor.keras")
+    restored = keras.saving.load_model(tmp_path / "extractor.keras")
+    assert isinstance(restored, FeatureExtractor) and restored.dims == 4
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(restored(frames)), expected)

@@ -61,7 +61,8 @@ def test_tfrecord_dataset(tmp_path):
             for video_id, features in tfrecord_dataset(tmp_path / "shards", num_parallel_reads=1)}
     assert read.keys() == videos.keys()
     for video_id, expected in videos.items():
-        np.testing.assert_array_equal(read[video_id], expected.astype(np.float16).astype(np.float32))
+        np.testing.assert_array_equal(read[video_id],
+                                      expected.astype(np.float16).astype(np.float32))
 
 
 @pytest.mark.parametrize("name", ["features.h5", "shards"])

@@ -101,7 +101,8 @@ def _as_float32(video_id, array: np.ndarray) -> np.ndarray:
     if array.ndim == 2:  # [T, D]: one region per frame, as the authors' loader reads it
         array = array[:, None, :]
     if array.ndim != 3:
-        raise FeatureFileError(f"{video_id}: expected [T, R, D] features, found shape {array.shape}")
+        raise FeatureFileError(
+            f"{video_id}: expected [T, R, D] features, found shape {array.shape}")
     return array.astype(np.float32, copy=False)
 
 
@@ -165,7 +166,8 @@ def decode_example(record: bytes, where: str = "record") -> tuple[str, np.ndarra
         raw = fields["features"].bytes_list.value[0]
     except Exception as error:  # protobuf raises its own DecodeError; missing fields IndexError
         raise FeatureFileError(f"{where}: not a feature record ({error})") from None
-    if dtype not in DTYPES or len(shape) != 3 or np.prod(shape) * np.dtype(dtype).itemsize != len(raw):
+    if (dtype not in DTYPES or len(shape) != 3
+            or np.prod(shape) * np.dtype(dtype).itemsize != len(raw)):
         raise FeatureFileError(f"{where}: inconsistent record for {video_id!r} "
                                f"(shape {shape}, dtype {dtype}, {len(raw)} bytes)")
     array = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
@@ -562,8 +564,9 @@ class _JournaledHDF5Features(FeatureFile):
         self.path = path
         self._file = HDF5Features(path) if os.path.exists(path) else None
         self._journal = TFRecordFeatures(path + PENDING_SUFFIX)
+        in_file = set(self._file or ())
         self._ids = list(self._file or ()) + [
-            video_id for video_id in self._journal if self._file is None or video_id not in self._file]
+            video_id for video_id in self._journal if video_id not in in_file]
 
     def __getitem__(self, video_id) -> np.ndarray:
         if self._file is not None and video_id in self._file:

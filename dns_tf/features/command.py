@@ -97,11 +97,13 @@ def find_videos(inputs: Sequence[str]) -> tuple[list[tuple[str, str]], list[dict
     for entry in inputs:
         if os.path.isdir(entry):
             paths = sorted(os.path.join(root, name) for root, _, names in os.walk(entry)
-                           for name in names if os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS)
+                           for name in names
+                           if os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS)
         elif os.path.exists(entry):
             paths = [entry]
         else:
-            problems.append({"video_id": None, "path": entry, "reason": "no such file or directory"})
+            problems.append({"video_id": None, "path": entry,
+                             "reason": "no such file or directory"})
             continue
         for path in paths:
             video_id = os.path.splitext(os.path.basename(path))[0]

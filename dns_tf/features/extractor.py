@@ -176,7 +176,8 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """A ``state_dict`` of numpy arrays from a ``.pth`` (``torch.save``) or ``.npz`` file."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such file (expected a torchvision resnet50 checkpoint)")
+        raise FileNotFoundError(
+            f"{path}: no such file (expected a torchvision resnet50 checkpoint)")
     if path.endswith(".npz"):
         with np.load(path) as data:
             return {key: data[key] for key in data.files}
@@ -246,7 +247,8 @@ class FeatureExtractor(keras.Model):
         return features
 
     def extract_videos(self, videos: Iterable[tuple[Hashable, Any]],
-                       batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[tuple[Hashable, np.ndarray]]:
+                       batch_size: int = DEFAULT_BATCH_SIZE
+                       ) -> Iterator[tuple[Hashable, np.ndarray]]:
         """Region features of a stream of videos, with batches packed across videos.
 
         Short videos share a batch instead of each padding its own, so the CNN runs full batches
@@ -312,7 +314,8 @@ class FeatureExtractor(keras.Model):
         return self._batch_function(tf.constant(frames)).numpy()[:count]
 
     @classmethod
-    def from_official(cls, resnet_path: str | os.PathLike, pca_path: str | os.PathLike | None = None,
+    def from_official(cls, resnet_path: str | os.PathLike,
+                      pca_path: str | os.PathLike | None = None,
                       dims: int | None = None) -> FeatureExtractor:
         """The authors' extractor: torchvision's ResNet50 and (optionally) their PCA whitening.
 

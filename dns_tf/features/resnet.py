@@ -2,16 +2,18 @@
 
 The feature extractor of DnS runs torchvision's ``resnet50``: ResNet v1.5, whose bottlenecks put the
 stride on the 3x3 convolution (keras.applications' ResNet50 is v1, stride on the first 1x1). To give
-the same numbers as PyTorch, padding is explicit (``ZeroPadding2D`` then a ``'valid'`` convolution),
-which is what torch's symmetric ``padding=`` does; Keras' ``'same'`` pads asymmetrically for stride 2.
-torch pads its stem max-pool with -inf; it follows a ReLU, so its inputs are >= 0 and every 3x3 window
-holds at least one real value: zero padding gives the same maximum.
+the same numbers as PyTorch, padding is explicit (``ZeroPadding2D`` then a ``'valid'``
+convolution), which is what torch's symmetric ``padding=`` does; Keras' ``'same'`` pads
+asymmetrically for stride 2. torch pads its stem max-pool with -inf; it follows a ReLU, so its
+inputs are >= 0 and every 3x3 window holds at least one real value: zero padding gives the same
+maximum.
 
 Example:
 
     backbone = resnet50_torchvision()
     load_torchvision_weights(backbone, state_dict)        # {"conv1.weight": array, ...}
-    layer1, layer2, layer3, layer4 = backbone(images)      # [B, H/4, W/4, 256] ... [B, H/32, W/32, 2048]
+    layer1, layer2, layer3, layer4 = backbone(images)
+    # [B, H/4, W/4, 256], [B, H/8, W/8, 512], [B, H/16, W/16, 1024], [B, H/32, W/32, 2048]
 """
 
 from __future__ import annotations
@@ -39,9 +41,9 @@ def _batch_norm(name):
 class Bottleneck(keras.layers.Layer):
     """torchvision's ``Bottleneck`` block: 1x1 -> 3x3 (strided) -> 1x1, plus a shortcut.
 
-    ``relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x))))))) + shortcut(x))`` where the shortcut is
-    the identity, or ``bn(conv1x1_stride(x))`` (torch's ``downsample``) when the stride or the number
-    of channels changes.
+    ``relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x))))))) + shortcut(x))`` where the shortcut
+    is the identity, or ``bn(conv1x1_stride(x))`` (torch's ``downsample``) when the stride or the
+    number of channels changes.
 
     Args:
         width: channels of the two inner convolutions; the block outputs ``4 * width``.

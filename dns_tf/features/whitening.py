@@ -3,9 +3,10 @@
 The authors whiten the 3840-d L3-iMAC region vectors with a PCA learned on 1M vectors of VCDB and
 keep the first 512 components for the students. Their file holds ``{'mean': [D], 'V': [D, D],
 'd': [D]}``: the mean, the eigenvectors as columns and the eigenvalues (in any order). Whitening
-keeps the ``dims`` largest eigenvalues and maps ``x -> l2n((x - mean) V_k diag(1 / sqrt(d_k + 1e-7)))``.
+keeps the ``dims`` largest eigenvalues and maps
+``x -> l2n((x - mean) V_k diag(1 / sqrt(d_k + 1e-7)))``.
 
-- :class:`PCAComponents` holds such a file's content, loads ``.npz`` and ``.pth`` and saves ``.npz``;
+- :class:`PCAComponents` holds such a file's content, loads ``.npz`` and ``.pth``, saves ``.npz``;
 - :func:`fit_whitening` learns one in a single streaming pass over a feature collection (float64
   mean and covariance, memory ``O(D^2)`` whatever the number of vectors);
 - :class:`PCAWhitening` is the Keras layer that applies it (used by the feature extractor).
@@ -80,7 +81,8 @@ class PCAComponents:
             from dns_tf.convert.torch_pickle import load_torch_file
             content = load_torch_file(path)
         else:
-            raise ValueError(f"{path}: PCA files are .npz or .pth, got {os.path.splitext(path)[1]!r}")
+            raise ValueError(
+                f"{path}: PCA files are .npz or .pth, got {os.path.splitext(path)[1]!r}")
         if not isinstance(content, dict) or not {"mean", "V", "d"} <= set(content):
             found = sorted(content) if isinstance(content, dict) else type(content).__name__
             raise ValueError(f"{path}: expected the keys 'mean', 'V', 'd', found {found}")

@@ -75,3 +75,20 @@ def test_extract_needs_the_backbone(collection, tmp_path, monkeypatch):
     monkeypatch.delenv("DNS_TF_RESNET50", raising=False)
     with pytest.raises(SystemExit, match="--resnet"):
         main(["extract", str(collection), "--out", str(tmp_path / "f.h5")])
+
+
+def test_fit_whitening_command(tmp_path):
+    from dns_tf.data.feature_files import open_writer
+    from dns_tf.features.whitening import PCAComponents, fit_whitening
+
+    rng = np.random.default_rng(0)
+    videos = {f"v{index}": rng.standard_normal((5, 9, 6)).astype(np.float32) for index in range(4)}
+    with open_writer(tmp_path / "features.h5") as writer:
+        for video_id, features in videos.items():
+            writer.write(video_id, features)
+    assert main(["fit-whitening", str(tmp_path / "features.h5"), "--out",
+                 str(tmp_path / "pca.npz"), "--max_vectors", "100"]) == 0
+    fitted = PCAComponents.load(tmp_path / "pca.npz")
+    expected = fit_whitening(videos.values(), max_vectors=100)
+    np.testing.assert_allclose(fitted.mean, expected.mean, atol=1e-6)
+    np.testing.assert_allclose(fitted.d, expected.d, atol=1e-5)

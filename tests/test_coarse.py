@@ -137,7 +137,7 @@ def test_rebuild_policy():
     assert not config.needs_rebuild(built_size=10_000, pending=1_000)
     assert config.needs_rebuild(built_size=10_000, pending=1_001)
     assert config.num_leaves(1_000_000) == 1000
-    assert config.leaves_to_search(1000) == 30 and config.leaves_to_search(20) == 16
+    assert config.leaves_to_search(1000) == 20 and config.leaves_to_search(20) == 16
 
 
 @pytest.mark.slow

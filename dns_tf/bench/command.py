@@ -20,6 +20,7 @@ from typing import Any
 BENCHMARKS = (
     "coarse",
     "extract",
+    "similarity",
 )
 
 

@@ -1,0 +1,330 @@
+"""Fast fine-grained similarity: one query against many stored videos, batched and compiled.
+
+The fine-grained student's similarity is the cost centre of DnS: every re-ranked pair costs a
+frame-to-frame matrix (``[Tq·R, D] x [D, Tt·R]``, ~300 MFLOP for two 60-frame videos) and the video
+comparator CNN (~70 MFLOP). :class:`FastFineSimilarity` computes, for one query and many targets in
+their stored form (what a :class:`~dns_tf.index.VideoIndex` keeps), the numbers the authors'
+evaluation gets by comparing the query with each target on its own::
+
+    targets ──sorted by length, batched──> for each batch (two batches at a time, one per core):
+      frame-to-frame similarity of the query with all the batch's frames, flat [Tq, F]:
+        float16 features: one matmul [Tq·R, D] x [D, R·F], max over target regions, mean over
+                          query regions (TensorFlow graph; oneDNN runs the matmul);
+        packed codes:     XOR and popcount of 64-bit words, compiled with XLA: the dot product of
+                          two ±1 codes is ``bits - 2·popcount(q xor t)``, so codes are never
+                          unpacked and the result equals the float path bit for bit;
+      ──gathered into [B, Tq, Tt]──> video comparator CNN ──> hardtanh ──> chamfer ──> [B]
+
+Padding never changes a score. A padded batch would normally let pooling windows that straddle a
+video's last frame count as real (``max``-pooled masks); here a pooled cell is real only when its
+whole window is, and pooled features outside are zeroed, which is exactly what the comparator sees
+when it runs on one unpadded pair. Scores therefore do not depend on how targets are batched.
+
+Videos shorter than :data:`MIN_FRAMES` frames (where the comparator, which pools twice by 2, has no
+output) are compared as if padded with zero-similarity frames to :data:`MIN_FRAMES`.
+
+This module is TensorFlow-specific (``tf.function``, XLA, ``PopulationCount``) and knows the
+index's stored formats, so it sits next to ``retrieval`` rather than in ``layers``, which stay
+backend-neutral ``keras.ops``.
+
+Example:
+
+    similarity = FastFineSimilarity(fine_student)
+    scores = similarity(query_stored, [record.fine for record in records])   # [N] float32
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+MIN_FRAMES = 4
+# Frame counts are padded to multiples of this, which keeps the number of distinct shapes (traces,
+# XLA compilations, oneDNN primitives) small.
+FRAME_MULTIPLE = 4
+# The XLA popcount kernel runs on fixed-size chunks of target frames: CHUNK_UNIT * 2^k frames.
+CHUNK_UNIT = 128
+MAX_CHUNK_UNITS = 16
+# A batch is cut when the next target is this much longer than its first (padding waste).
+LENGTH_SLACK = 1.25
+
+
+def padded_length(length: int) -> int:
+    """Frames a video occupies in a batch: at least MIN_FRAMES, a multiple of FRAME_MULTIPLE."""
+    length = max(int(length), MIN_FRAMES)
+    return -(-length // FRAME_MULTIPLE) * FRAME_MULTIPLE
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Groups videos into batches of similar length: indices into ``lengths``, shortest first.
+
+    A batch holds at most ``batch_size`` videos and is cut early when the next video is longer
+    than ``LENGTH_SLACK`` times the batch's first one (plus one padding step), so little compute
+    goes to padding.
+    """
+    lengths = np.asarray(lengths)
+    order = np.argsort(lengths, kind="stable")
+    batches, start = [], 0
+    for end in range(1, len(order) + 1):
+        full = end - start == batch_size
+        last = end == len(order)
+        too_long = not last and (lengths[order[end]]
+                                 > LENGTH_SLACK * lengths[order[start]] + FRAME_MULTIPLE)
+        if full or last or too_long:
+            batches.append(order[start:end])
+            start = end
+    return batches
+
+
+def packed_words(packed: np.ndarray) -> np.ndarray:
+    """Views packed codes ``[..., B/8]`` uint8 as the widest unsigned words that divide them.
+
+    XOR and popcount do not care about byte order, so the view needs no copy beyond making the
+    array contiguous: ``[..., B/64]`` uint64 for 512-bit codes.
+    """
+    packed = np.ascontiguousarray(packed)
+    if packed.dtype != np.uint8:
+        raise TypeError(f"packed codes must be uint8, got {packed.dtype}")
+    for dtype in (np.uint64, np.uint32, np.uint16):
+        if packed.shape[-1] % np.dtype(dtype).itemsize == 0:
+            return packed.view(dtype)
+    return packed
+
+
+def _chunk_sizes(frames: int) -> list[int]:
+    """Splits ``frames`` (rounded up to CHUNK_UNIT) into few chunks of CHUNK_UNIT * 2^k frames."""
+    units = -(-frames // CHUNK_UNIT)
+    sizes = [MAX_CHUNK_UNITS] * (units // MAX_CHUNK_UNITS)
+    rest = units % MAX_CHUNK_UNITS
+    sizes += [1 << bit for bit in reversed(range(MAX_CHUNK_UNITS.bit_length())) if rest >> bit & 1]
+    return [size * CHUNK_UNIT for size in sizes]
+
+
+def _valid(size, length):
+    """``[size]`` bool, True for the first ``length`` positions (``length`` may be ``[B]``)."""
+    return tf.range(size)[None, :] < tf.reshape(length, [-1, 1])
+
+
+# The kernels are module-level functions (weights are arguments, not captured), so every
+# FastFineSimilarity shares their traces; dynamic dimensions keep those to one per kind.
+@tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.float32),
+                              tf.TensorSpec([None, None, None], tf.float32)])
+def float_frame_similarity(query, frames):
+    """Region chamfer of query frames ``[Tq, R, D]`` with frames ``[F, R', D]``: ``[Tq, F]``.
+
+    ``mean_r max_r' <q_r, t_r'>`` as the student computes it, from one matmul.
+    """
+    frames_count, regions, dims = tf.unstack(tf.shape(query))
+    target_regions = tf.shape(frames)[1]
+    # Target rows region-major, so the max over regions reduces a middle axis (vectorised).
+    targets = tf.reshape(tf.transpose(frames, [1, 0, 2]), [-1, dims])
+    products = tf.matmul(tf.reshape(query, [-1, dims]), targets, transpose_b=True)
+    best = tf.reduce_max(tf.reshape(products, [frames_count * regions, target_regions, -1]), axis=1)
+    return tf.reduce_mean(tf.reshape(best, [frames_count, regions, -1]), axis=1)
+
+
+@tf.function(jit_compile=True)
+def hamming_region_sums(query, frames, bits):
+    """Region chamfer of ±1 codes read from packed words, in XLA, before the final division.
+
+    Args:
+        query: ``[Tq, R, W]`` words of the query's codes.
+        frames: ``[W, R', X]`` words of X target frames, region-major.
+        bits: code length (int32 scalar).
+
+    Returns:
+        ``[Tq, X]`` int32 ``sum_r max_r' <q_r, t_r'>`` with ``<q, t> = bits - 2 popcount(q xor t)``,
+        exact. The division by ``R`` happens outside XLA, which would turn it into a
+        multiplication by the rounded ``1 / R`` and lose bit equality with the float path.
+    """
+    frames_count, regions, words = query.shape
+    _, target_regions, width = frames.shape
+    xor = tf.bitwise.bitwise_xor(tf.reshape(query, [-1, words, 1]),
+                                 tf.reshape(frames, [1, words, -1]))
+    distances = tf.reduce_sum(tf.cast(tf.raw_ops.PopulationCount(x=xor), tf.int16), axis=1)
+    # Best target region = fewest differing bits. Elementwise minima of the R' slabs vectorise;
+    # XLA's reduce over a middle axis does not.
+    nearest = distances[:, :width]
+    for region in range(1, target_regions):
+        nearest = tf.minimum(nearest, distances[:, region * width:(region + 1) * width])
+    dots = tf.reshape(bits - 2 * tf.cast(nearest, tf.int32), [frames_count, regions, width])
+    total = dots[:, 0]
+    for region in range(1, regions):
+        total += dots[:, region]
+    return total
+
+
+_WEIGHT_SPECS = [tf.TensorSpec([None, None, None, None], tf.float32),
+                 tf.TensorSpec([None], tf.float32)] * 4
+
+
+@tf.function(input_signature=[
+    tf.TensorSpec([None, None], tf.float32),   # flat frame similarities [Tq', F]
+    tf.TensorSpec([None, None], tf.int32),     # columns [B, Tt'] into F
+    tf.TensorSpec([], tf.int32),               # query frames
+    tf.TensorSpec([None], tf.int32),           # target frames [B]
+    _WEIGHT_SPECS])
+def compare_batch(similarity, columns, query_frames, target_frames, weights):
+    """Video comparator, hardtanh and chamfer of one batch, exactly as on each unpadded pair.
+
+    Args:
+        similarity: ``[Tq', F]`` flat frame-to-frame similarities.
+        columns: ``[B, Tt']`` column of each target frame in ``similarity`` (any column past a
+            target's end: it is masked).
+        query_frames: Tq.
+        target_frames: ``[B]`` Tt of each target.
+        weights: kernel, bias of the comparator's three 3x3 convolutions and its 1x1 one.
+
+    Returns:
+        ``[B]`` similarities.
+    """
+    x = tf.transpose(tf.gather(similarity, columns, axis=1), [1, 0, 2])  # [B, Tq', Tt']
+    rows, cols = tf.shape(x)[1], tf.shape(x)[2]
+    x = tf.where(_valid(rows, query_frames)[:, :, None] & _valid(cols, target_frames)[:, None],
+                 x, 0.0)[..., None]
+    # Zero-similarity frames stand in for the missing ones of videos shorter than MIN_FRAMES.
+    query_frames = tf.maximum(query_frames, MIN_FRAMES)
+    target_frames = tf.maximum(target_frames, MIN_FRAMES)
+    for index in range(3):
+        kernel, bias = weights[2 * index:2 * index + 2]
+        x = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, kernel, 1, "SAME"), bias))
+        if index < 2:
+            x = tf.nn.max_pool2d(x, 2, 2, "VALID")
+            query_frames //= 2
+            target_frames //= 2
+            # A pooled cell is real only if its whole window is: as on the unpadded pair.
+            row_mask = _valid(tf.shape(x)[1], query_frames)[:, :, None, None]
+            col_mask = _valid(tf.shape(x)[2], target_frames)[:, None, :, None]
+            x = tf.where(row_mask & col_mask, x, 0.0)
+    kernel, bias = weights[6:]
+    x = tf.clip_by_value(tf.nn.bias_add(tf.nn.conv2d(x, kernel, 1, "VALID"), bias)[..., 0],
+                         -1.0, 1.0)                                        # [B, Tq'/4, Tt'/4]
+    col_mask = _valid(tf.shape(x)[2], target_frames)[:, None, :]
+    best = tf.reduce_max(tf.where(col_mask, x, -np.inf), axis=2)            # [B, Tq'/4]
+    row_mask = tf.cast(_valid(tf.shape(x)[1], query_frames), tf.float32)    # [1, Tq'/4]
+    return tf.reduce_sum(best * row_mask, axis=1) / tf.reduce_sum(row_mask)
+
+
+class FastFineSimilarity:
+    """Scores one query against many targets with a fine-grained student, fast and exactly.
+
+    Args:
+        student: a :class:`~dns_tf.models.FineGrainedStudent` (its comparator weights and kind).
+        batch_size: targets per comparator batch.
+        workers: batches in flight at once; two keep both cores busy while one batch is between
+            stages (gathering, host-side chunking).
+
+    Call arguments:
+        query: the query's stored fine representation: ``[Tq, R, D]`` float16/float32 features,
+            or ``[Tq, R, B/8]`` uint8 packed codes for a binarization student.
+        targets: the targets' stored representations, same kind.
+
+    Returns:
+        ``[N]`` float32 similarities in [-1, 1], equal to the student's
+        ``calculate_video_similarity`` of the query with each target alone.
+    """
+
+    def __init__(self, student, batch_size: int = 64, workers: int | None = None):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.kind = "bits" if student.binarization is not None else "float"
+        self.bits = student.bits if self.kind == "bits" else None
+        if self.kind == "bits" and student.bits >= 2 ** 15:
+            raise ValueError(f"codes of {student.bits} bits overflow the int16 popcount sums")
+        self.batch_size = batch_size
+        self.workers = workers or min(2, os.cpu_count() or 1)
+        comparator = student.comparator
+        layers = [*comparator.convolutions, comparator.final_convolution]
+        self._weights = [tf.constant(weight.numpy()) for layer in layers
+                         for weight in (layer.kernel, layer.bias)]
+        self._pool = concurrent.futures.ThreadPoolExecutor(self.workers)
+
+    def __call__(self, query: np.ndarray, targets: Sequence[np.ndarray]) -> np.ndarray:
+        query_length = len(query)
+        query = self._prepare_query(query)
+        targets = [self._prepare(target, f"target {i}") for i, target in enumerate(targets)]
+        scores = np.empty(len(targets), np.float32)
+
+        def score(batch):
+            lengths = np.array([len(targets[i]) for i in batch])
+            similarity = self._frame_similarity(query, [targets[i] for i in batch])
+            scores[batch] = compare_batch(similarity, _columns(lengths), np.int32(query_length),
+                                          lengths.astype(np.int32), self._weights)
+
+        list(self._pool.map(score, length_batches([len(t) for t in targets], self.batch_size)))
+        return scores
+
+    def frame_to_frame(self, query: np.ndarray, targets: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The frame-to-frame matrices ``[Tq, Tt_i]`` the comparator reads, one per target."""
+        query_length = len(query)
+        query = self._prepare_query(query)
+        targets = [self._prepare(target, f"target {i}") for i, target in enumerate(targets)]
+        matrices = [None] * len(targets)
+
+        def frame_similarity(batch):
+            flat = np.asarray(self._frame_similarity(query, [targets[i] for i in batch]))
+            start = 0
+            for i in batch:
+                matrices[i] = flat[:query_length, start:start + len(targets[i])]
+                start += len(targets[i])
+
+        list(self._pool.map(frame_similarity,
+                            length_batches([len(t) for t in targets], self.batch_size)))
+        return matrices
+
+    def _prepare(self, video: np.ndarray, what: str) -> np.ndarray:
+        """Stored representation -> what the kernels read: float32 features or packed words."""
+        video = np.asarray(video)
+        if video.ndim != 3 or len(video) == 0:
+            raise ValueError(f"{what} must be a stored fine representation [T, R, ...] with "
+                             f"T >= 1, got shape {video.shape}")
+        if self.kind == "bits":
+            if video.dtype != np.uint8 or video.shape[-1] * 8 != self.bits:
+                raise ValueError(f"{what}: a binarization student compares packed codes "
+                                 f"[T, R, {self.bits // 8}] uint8, got {video.dtype} "
+                                 f"{video.shape}")
+            return packed_words(video)
+        if video.dtype == np.uint8:
+            raise ValueError(f"{what}: packed codes given to a '{self.kind}' student that "
+                             f"compares float features")
+        return np.asarray(video, np.float32)
+
+    def _prepare_query(self, query: np.ndarray) -> np.ndarray:
+        query = self._prepare(query, "query")
+        # The comparator needs MIN_FRAMES rows, and XLA compiles per query length: padding keeps
+        # the compilations few. The padded rows are masked.
+        padding = padded_length(len(query)) - len(query)
+        return np.concatenate([query, np.zeros((padding, *query.shape[1:]), query.dtype)])
+
+    def _frame_similarity(self, query: np.ndarray, frames: list[np.ndarray]):
+        """``[Tq', F]`` similarities of the prepared query with the concatenated ``frames``.
+
+        ``Tq'`` is the query padded to FRAME_MULTIPLE frames and, for codes, ``F`` is padded to
+        whole kernel chunks; the extra rows and columns hold garbage that the comparator masks.
+        """
+        frames = np.concatenate(frames)
+        if self.kind == "float":
+            return float_frame_similarity(query, frames)
+        sums, start = [], 0
+        for size in _chunk_sizes(len(frames)):
+            chunk = frames[start:start + size]
+            if len(chunk) < size:
+                chunk = np.concatenate([chunk, np.zeros((size - len(chunk), *chunk.shape[1:]),
+                                                        chunk.dtype)])
+            sums.append(hamming_region_sums(query, np.ascontiguousarray(chunk.transpose(2, 1, 0)),
+                                            np.int32(self.bits)))
+            start += size
+        # As reduce_mean on the float path: an exact sum divided by R, then scaled by 1 / bits.
+        return tf.cast(tf.concat(sums, axis=1), tf.float32) / query.shape[1] * (1.0 / self.bits)
+
+
+def _columns(lengths: np.ndarray) -> np.ndarray:
+    """``[B, Tt']`` columns of each target's frames in the batch's flat matrix (0 past its end)."""
+    width = padded_length(lengths.max())
+    starts = np.cumsum(lengths) - lengths
+    positions = np.arange(width)
+    return np.where(positions < lengths[:, None], starts[:, None] + positions, 0).astype(np.int32)

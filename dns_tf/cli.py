@@ -21,6 +21,9 @@ COMMAND_MODULES = (
     "dns_tf.data.collection_command",
     "serving.export_command",
     "serving.search_command",
+    "dns_tf.demo",
+    "training.command",
+    "dns_tf.index.command",
 )
 
 

@@ -1,0 +1,270 @@
+"""``dns-tf demo``: the paper's whole lifecycle on a generated collection of real video files.
+
+    generate videos (ffmpeg) ─> extract L3-iMAC regions (ResNet50) ─> fit PCA whitening
+    ─> train the ViSiL teacher on labelled triplets ─> teacher labels pairs of the training videos
+    ─> distil S^f_A, S^f_B, S^c ─> train the selector ─> export SavedModels ─> serve over gRPC
+    ─> index the evaluation collection through the server ─> search with DnS ─> report
+
+Two collections are generated: one to train on (its labels only train the teacher; the students
+and the selector learn from the teacher alone, as in DnS) and one held out for the evaluation.
+Every stage writes its result under ``--output`` and a rerun reuses what is there, so an
+interrupted demo continues where it stopped and a finished one only reports again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+from dns_tf.config import add_arguments, field, from_arguments
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+REFERENCE_RESNET = REPO.parent / "shared" / "reference" / "checkpoints" / "resnet50_torchvision.npz"
+STUDENTS = ("fg_att", "fg_bin", "cg")
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    """Sizes chosen so the demo takes minutes on two CPU cores."""
+
+    output: str = field("demo_output", "where everything goes (reused by a rerun)")
+    seed: int = field(0, "seed of the collections and of every training run")
+    resnet: str | None = field(
+        None, "torchvision ResNet50 weights (.pth/.npz); default: $DNS_TF_RESNET50, else "
+              "../shared/reference's, else keras.applications ImageNet weights (downloaded)")
+    train_queries: int = field(6, "query videos of the training collection")
+    eval_queries: int = field(5, "query videos of the evaluation collection")
+    distractors: int = field(10, "unrelated videos in each collection")
+    seconds: float = field(12.0, "length of a source video in seconds")
+    teacher_epochs: int = field(15, "epochs of teacher training")
+    student_epochs: int = field(150, "epochs of distillation (one pair per anchor per epoch)")
+    selector_epochs: int = field(60, "epochs of selector training")
+    percentages: tuple[float, ...] = field((5.0, 10.0, 25.0, 50.0),
+                                           "DnS operating points: % of the database re-ranked")
+    progress: bool = field(True, "progress bars")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="generate, train, serve, index and search a video collection, end to end",
+        description=__doc__.split("\n\n")[0])
+    add_arguments(parser, DemoConfig)
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    config = from_arguments(DemoConfig, args)
+    started = time.perf_counter()
+    results = Demo(config).run()
+    print(f"\n{results['table']}\n")
+    print(f"report: {os.path.join(config.output, 'report.md')} "
+          f"({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+def _say(message: str) -> None:
+    print(f"[dns-tf demo] {message}", file=sys.stderr, flush=True)
+
+
+class Demo:
+    """The stages of the demo; each returns its product, building it only if it is missing."""
+
+    def __init__(self, config: DemoConfig):
+        self.config = config
+        self.root = pathlib.Path(config.output)
+        for folder in ("videos", "features", "models", "export", "index"):
+            (self.root / folder).mkdir(parents=True, exist_ok=True)
+
+    # --------------------------------------------------------------------------------- data
+    def collections(self):
+        from dns_tf.data.video_collection import CollectionConfig, generate_collection
+
+        made = {}
+        for split, seed, queries in (("train", self.config.seed + 1, self.config.train_queries),
+                                     ("eval", self.config.seed, self.config.eval_queries)):
+            _say(f"{split} collection: {queries} queries, {self.config.distractors} distractors")
+            made[split] = generate_collection(
+                self.root / "videos" / split,
+                CollectionConfig(seed=seed, num_queries=queries,
+                                 num_distractors=self.config.distractors,
+                                 seconds=self.config.seconds),
+                progress=self.config.progress)
+        return made
+
+    def _resnet(self) -> str | None:
+        for candidate in (self.config.resnet, os.environ.get("DNS_TF_RESNET50"),
+                          REFERENCE_RESNET if REFERENCE_RESNET.is_file() else None):
+            if candidate:
+                return str(candidate)
+        return None
+
+    def region_features(self, collections):
+        """Raw 3840-d L3-iMAC regions (the teacher's input) of both collections, float16 HDF5."""
+        from dns_tf.data.feature_files import open_features, open_writer
+        from dns_tf.features.command import ExtractConfig, extract_to_writer
+        from dns_tf.features.extractor import FeatureExtractor
+
+        extractor = None
+        paths = {}
+        for split, collection in collections.items():
+            path = self.root / "features" / f"{split}_l3imac.h5"
+            with open_writer(path, dtype="float16") as writer:
+                videos = [(video_id, str(p)) for video_id, p in collection.paths().items()]
+                if any(video_id not in writer for video_id, _ in videos) and extractor is None:
+                    resnet = self._resnet()
+                    _say(f"feature extractor: ResNet50 from {resnet or 'keras.applications'}")
+                    extractor = (FeatureExtractor.from_official(resnet) if resnet
+                                 else FeatureExtractor.from_keras_applications())
+                report = extract_to_writer(extractor, videos, writer, ExtractConfig(),
+                                           progress=self.config.progress)
+            if report["failed"]:
+                raise RuntimeError(f"could not extract {report['failed']}")
+            if report["extracted"]:
+                _say(f"{split}: {report['frames']} frames at "
+                     f"{report['frames_per_second']:.1f} frames/s")
+            paths[split] = path
+        return {split: open_features(path) for split, path in paths.items()}
+
+    def student_features(self, teacher_features):
+        """512-d PCA-whitened regions (the students' input), whitening fitted on training videos."""
+        from dns_tf.data.feature_files import open_features, open_writer
+        from dns_tf.features.whitening import PCAComponents, PCAWhitening, fit_whitening
+
+        pca_path = self.root / "features" / "pca.npz"
+        if not pca_path.is_file():
+            train = teacher_features["train"]
+            fit_whitening(train[v] for v in train.ids()).save(pca_path)
+        whitening = PCAWhitening.from_components(PCAComponents.load(pca_path), dims=512)
+        features = {}
+        for split, source in teacher_features.items():
+            path = self.root / "features" / f"{split}_pca512.h5"
+            with open_writer(path, dtype="float32") as writer:
+                for video_id in source.ids():
+                    if video_id not in writer:
+                        writer.write(video_id, np.asarray(whitening(source[video_id])))
+            features[split] = open_features(path)
+        return features
+
+    # ----------------------------------------------------------------------------- training
+    def teacher(self, collection, features):
+        from dns_tf.models import load_model
+        from training.config import TeacherTrainingConfig
+        from training.teacher import train_teacher
+
+        path = self.root / "models" / "teacher" / "teacher.keras"
+        if path.is_file():
+            return load_model(path)
+        triplets = labelled_triplets(collection, self.config.seed)
+        _say(f"teacher: {len(triplets)} labelled triplets, {self.config.teacher_epochs} epochs")
+        # A higher learning rate than ViSiL's 1e-5: the demo trains from scratch in minutes.
+        config = TeacherTrainingConfig(epochs=self.config.teacher_epochs, seed=self.config.seed,
+                                       learning_rate=1e-3)
+        return train_teacher(features, triplets, config, str(path.parent),
+                             verbose=self._verbose()).network
+
+    def teacher_pairs(self, teacher, features):
+        from dns_tf.data.pairs import load_pairs, save_pairs
+        from training.config import PairsConfig
+        from training.pairs import label_pairs
+
+        path = self.root / "models" / "teacher_pairs.pk"
+        if not path.is_file():
+            _say("teacher labels the training videos' pairs")
+            save_pairs(path, label_pairs(teacher, features, PairsConfig(seed=self.config.seed),
+                                         progress=self.config.progress))
+        return load_pairs(path)
+
+    def students(self, pairs, features):
+        from dns_tf.models import load_model
+        from training.config import DistillationConfig
+        from training.distill import train_student
+
+        settings = {
+            "fg_att": dict(student_type="fine-grained", attention=True),
+            "fg_bin": dict(student_type="fine-grained", attention=False, binarization=True),
+            "cg": dict(student_type="coarse-grained", learning_rate=1e-4),
+        }
+        students = {}
+        for name, options in settings.items():
+            path = self.root / "models" / name / "student.keras"
+            if path.is_file():
+                students[name] = load_model(path)
+                continue
+            _say(f"distilling {name}: {self.config.student_epochs} epochs")
+            config = DistillationConfig(epochs=self.config.student_epochs, seed=self.config.seed,
+                                        **options)
+            students[name] = train_student(features, pairs, config, str(path.parent),
+                                           verbose=self._verbose()).network
+        return students
+
+    def selector(self, students, pairs, features):
+        from dns_tf.models import load_model
+        from training.config import SelectorTrainingConfig
+        from training.selector import train_selector
+
+        path = self.root / "models" / "selector" / "selector.keras"
+        if path.is_file():
+            return load_model(path)
+        _say(f"selector: {self.config.selector_epochs} epochs")
+        config = SelectorTrainingConfig(epochs=self.config.selector_epochs, seed=self.config.seed)
+        result = train_selector(features, pairs, students["cg"], students["fg_att"], config,
+                                str(path.parent), verbose=self._verbose())
+        return result.network
+
+    def _verbose(self):
+        return 2 if self.config.progress else 0
+
+    # ---------------------------------------------------------------------------- serving
+    def export(self, students, selector, teacher):
+        from serving.export import export_models
+        from serving.model_config import MODELS_CONFIG_FILE
+
+        base = self.root / "export"
+        if not (base / MODELS_CONFIG_FILE).is_file():
+            _say("exporting SavedModels")
+            export_models(base, students["cg"], students["fg_att"], selector, teacher=teacher)
+        return base / MODELS_CONFIG_FILE
+
+    def run(self) -> dict:
+        collections = self.collections()
+        teacher_features = self.region_features(collections)
+        features = self.student_features(teacher_features)
+        teacher = self.teacher(collections["train"], teacher_features["train"])
+        pairs = self.teacher_pairs(teacher, teacher_features["train"])
+        students = self.students(pairs, features["train"])
+        selector = self.selector(students, pairs, features["train"])
+        models_config = self.export(students, selector, teacher)
+
+        from dns_tf.demo_report import evaluate_demo
+        return evaluate_demo(self.root, collections["eval"], teacher, teacher_features["eval"],
+                             students, selector, features["eval"], models_config,
+                             self.config.percentages)
+
+
+def labelled_triplets(collection, seed: int, per_anchor: int = 2) -> list[tuple[str, str, str]]:
+    """(anchor, positive, negative) ids from a generated collection's labels.
+
+    Videos made from the same source (the query, its near-duplicates and duplicate scenes) are
+    positives of each other; every other video is a negative.
+    """
+    rng = np.random.default_rng(seed)
+    groups = {}
+    for video_id, video in collection.videos.items():
+        for source in video.contains or {video.source: "ND"}:
+            groups.setdefault(source, set()).add(video_id)
+    groups = {source: sorted(members) for source, members in groups.items() if len(members) > 1}
+    everything = sorted(collection.videos)
+    triplets = []
+    for members in groups.values():
+        others = [v for v in everything if v not in members]
+        for anchor in members:
+            for _ in range(per_anchor):
+                positive = rng.choice([m for m in members if m != anchor])
+                triplets.append((anchor, str(positive), str(rng.choice(others))))
+    return triplets

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from typing import Protocol, Sequence
 
 import numpy as np
 
 from dns_tf.config import field
-from dns_tf.index.fine_store import pack_bits, unpack_bits
+from dns_tf.index.fine_store import pack_bits
 from dns_tf.index.store import VideoIndex
 
 SEARCH_MODES = ("dns", "coarse", "fine")
@@ -95,6 +96,25 @@ class Ranking:
     def scores(self) -> np.ndarray:
         return np.array([hit.score for hit in self.hits], np.float32)
 
+    def as_dict(self) -> dict:
+        """JSON-able form: counts, seconds per stage and the ranked hits."""
+        return {"num_candidates": self.num_candidates, "num_reranked": self.num_reranked,
+                "seconds": {stage: round(value, 6) for stage, value in self.seconds.items()},
+                "hits": [{"rank": rank, "video_id": hit.video_id, "score": hit.score,
+                          "coarse_score": hit.coarse_score, "reranked": hit.reranked}
+                         for rank, hit in enumerate(self.hits, start=1)]}
+
+    def format_table(self, name: str) -> str:
+        """A text table of the hits (``*``: re-ranked by the fine student) under a summary line."""
+        milliseconds = 1000 * sum(self.seconds.values())
+        width = max([len("video"), *(len(hit.video_id) for hit in self.hits)])
+        lines = [f"query {name}: {self.num_candidates} candidates, {self.num_reranked} "
+                 f"re-ranked, {milliseconds:.1f} ms",
+                 f"{'rank':>5}  {'video':<{width}}  {'score':>8}  {'coarse':>8}  fine"]
+        lines += [f"{rank:>5}  {hit.video_id:<{width}}  {hit.score:8.4f}  {hit.coarse_score:8.4f}"
+                  f"  {'*' if hit.reranked else ''}" for rank, hit in enumerate(self.hits, start=1)]
+        return "\n".join(lines) + "\n"
+
 
 class Backend(Protocol):
     fine_kind: str
@@ -123,8 +143,28 @@ def fine_kind_of(fine_student) -> str:
     return "bits" if fine_student.kind == "binarization" else "float16"
 
 
+def _load_network(path: str, expected: type, what: str):
+    """A network from a ``.keras`` file or an official ``.pth`` checkpoint, of class ``expected``."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what}: {path}: no such file")
+    if path.endswith(".keras"):
+        from dns_tf.models import load_model
+        network = load_model(path)
+    else:
+        from dns_tf.convert import load_official
+        network = load_official(path)
+    if not isinstance(network, expected):
+        raise ValueError(f"{what}: {path} holds a {type(network).__name__}, expected a "
+                         f"{expected.__name__}")
+    return network
+
+
 class LocalBackend:
     """The three DnS networks in this process.
+
+    Fine similarities come from :class:`~dns_tf.similarity_fast.FastFineSimilarity`: batched,
+    compiled, reading the stored representations directly (packed codes are never unpacked), and
+    equal to comparing the query with each target alone, as the authors' evaluation does.
 
     Args:
         coarse_student: a :class:`~dns_tf.models.CoarseGrainedStudent`.
@@ -133,12 +173,24 @@ class LocalBackend:
         batch_size: target videos per fine-similarity batch.
     """
 
+    @classmethod
+    def from_files(cls, coarse: str, fine: str, selector: str, **kwargs) -> "LocalBackend":
+        """Loads the three networks from ``.keras`` files or official ``.pth`` checkpoints."""
+        from dns_tf.models import CoarseGrainedStudent, FineGrainedStudent, SelectorNetwork
+
+        return cls(_load_network(coarse, CoarseGrainedStudent, "coarse student"),
+                   _load_network(fine, FineGrainedStudent, "fine student"),
+                   _load_network(selector, SelectorNetwork, "selector"), **kwargs)
+
     def __init__(self, coarse_student, fine_student, selector, batch_size: int = 64):
+        from dns_tf.similarity_fast import FastFineSimilarity
+
         self.coarse_student = coarse_student
         self.fine_student = fine_student
         self.selector = selector
         self.batch_size = batch_size
         self.fine_kind = fine_kind_of(fine_student)
+        self.fast_similarity = FastFineSimilarity(fine_student, batch_size=batch_size)
 
     @property
     def fine_shape_tail(self) -> tuple[int, int]:
@@ -149,29 +201,25 @@ class LocalBackend:
     def _to_stored(self, fine: np.ndarray) -> np.ndarray:
         return pack_bits(fine) if self.fine_kind == "bits" else fine.astype(np.float16)
 
-    def _from_stored(self, fine: np.ndarray) -> np.ndarray:
-        return unpack_bits(fine) if self.fine_kind == "bits" else fine.astype(np.float32)
-
     def index(self, videos: np.ndarray, mask: np.ndarray) -> IndexedVideos:
         lengths = np.asarray(mask).sum(axis=1).astype(int)
         coarse = np.asarray(self.coarse_student.index_video(videos, mask))
         fine = np.asarray(self.fine_student.index_video(videos, mask))
-        selector = np.asarray(self.selector.index_video(videos, mask))[:, 0]
+        # The selector's comparator lets padding into pooling windows, so a padded video would
+        # score differently than alone (as the authors index it): run it per length, unpadded.
+        selector = np.empty(len(lengths), np.float32)
+        for length in np.unique(lengths):
+            rows = np.flatnonzero(lengths == length)
+            selector[rows] = np.asarray(self.selector.index_video(
+                np.asarray(videos)[rows, :length], np.asarray(mask)[rows, :length]))[:, 0]
         return IndexedVideos(coarse=coarse,
                              fine=[self._to_stored(f[:n]) for f, n in zip(fine, lengths)],
                              selector=selector)
 
     def fine_similarity(self, query_fine, target_fines):
-        query = self._from_stored(np.asarray(query_fine))[None]
-        # Sorting by length keeps padding, and so wasted work, small.
-        order = np.argsort([len(t) for t in target_fines], kind="stable")
-        scores = np.empty(len(target_fines), np.float32)
-        for start in range(0, len(order), self.batch_size):
-            chosen = order[start:start + self.batch_size]
-            targets, mask = pad_videos([self._from_stored(target_fines[i]) for i in chosen])
-            scores[chosen] = np.asarray(self.fine_student.calculate_video_similarity(
-                query, targets, None, mask))[0]
-        return scores
+        if not len(target_fines):
+            return np.zeros(0, np.float32)
+        return self.fast_similarity(query_fine, target_fines)
 
     def selector_scores(self, mlp_input):
         return np.asarray(self.selector.score(np.asarray(mlp_input, np.float32)))[:, 0]
@@ -240,8 +288,7 @@ class DnSRetriever:
                 chosen = np.argsort(-routing, kind="stable")[:count]
             seconds["selector"] = time.perf_counter() - clock
             clock = time.perf_counter()
-            records = self.index.get_many([ids[i] for i in chosen])
-            fine = self.backend.fine_similarity(query.fine[row], [r.fine for r in records])
+            fine = self.fine_scores(query.fine[row], [ids[i] for i in chosen])
             final[chosen] = fine / 2.0 + 0.5
             seconds["fine"] = time.perf_counter() - clock
         reranked = np.zeros(len(ids), bool)
@@ -249,3 +296,75 @@ class DnSRetriever:
         order = np.argsort(-final, kind="stable")[:config.top]
         hits = [Hit(ids[i], float(final[i]), float(coarse[i]), bool(reranked[i])) for i in order]
         return Ranking(hits, len(ids), int(count), seconds)
+
+    def fine_scores(self, query_fine: np.ndarray, video_ids: Sequence[str],
+                    chunk: int = 4096) -> np.ndarray:
+        """Fine similarities ``[N]`` in [-1, 1] of a stored query representation with indexed
+        videos, reading ``chunk`` stored representations at a time (bounded memory)."""
+        scores = [np.zeros(0, np.float32)]
+        for start in range(0, len(video_ids), chunk):
+            records = self.index.get_many(video_ids[start:start + chunk])
+            scores.append(self.backend.fine_similarity(query_fine, [r.fine for r in records]))
+        return np.concatenate(scores)
+
+    def database_scores(self, queries: Sequence[np.ndarray], database: Sequence[str],
+                        progress: bool = False) -> "DatabaseScores":
+        """Every query against every database video of a benchmark, as the DnS sweep reads them.
+
+        Args:
+            queries: Q query videos' region features ``[T, R, D]``.
+            database: the benchmark's N database ids (the columns); those not in the index are
+                marked unavailable and score 0.
+            progress: show a progress bar.
+        """
+        from tqdm import tqdm
+
+        columns = {video_id: column for column, video_id in enumerate(database)}
+        available = np.array([video_id in self.index for video_id in database], bool)
+        available_ids = [video_id for video_id, present in zip(database, available) if present]
+        target_selector = self.index.selector_scores(available_ids)
+        result = DatabaseScores(*(np.zeros((len(queries), len(database)), np.float32)
+                                  for _ in range(3)), available, dict.fromkeys(
+                                      ("index_query", "coarse", "selector", "fine"), 0.0))
+        seconds = result.seconds_per_query
+        for row, features in enumerate(tqdm(queries, desc="queries", disable=not progress)):
+            clock = time.perf_counter()
+            query = self.index_query(features)
+            seconds["index_query"] += time.perf_counter() - clock
+            clock = time.perf_counter()
+            scores, ids = self.index.coarse_scores_all(query.coarse)
+            positions = np.array([columns.get(video_id, -1) for video_id in ids], int)
+            result.coarse[row, positions[positions >= 0]] = scores[0][positions >= 0]
+            seconds["coarse"] += time.perf_counter() - clock
+            clock = time.perf_counter()
+            mlp_input = np.stack([np.full(len(available_ids), query.selector[0]), target_selector,
+                                  result.coarse[row, available]], 1)
+            result.selector[row, available] = self.backend.selector_scores(mlp_input)
+            seconds["selector"] += time.perf_counter() - clock
+            clock = time.perf_counter()
+            result.fine[row, available] = self.fine_scores(query.fine[0], available_ids) / 2 + 0.5
+            seconds["fine"] += time.perf_counter() - clock
+        for stage in seconds:
+            seconds[stage] /= max(len(queries), 1)
+        return result
+
+
+@dataclasses.dataclass(frozen=True)
+class DatabaseScores:
+    """Queries against a benchmark's database (:meth:`DnSRetriever.database_scores`).
+
+    Attributes:
+        coarse: ``[Q, N]`` coarse similarities.
+        fine: ``[Q, N]`` fine similarities on the merge scale (``s / 2 + 1/2``, as the retriever
+            merges them with coarse similarities).
+        selector: ``[Q, N]`` selector routing scores.
+        available: ``[N]`` bool, the database videos in the index (the others score 0).
+        seconds_per_query: measured seconds per query of ``index_query``, ``coarse``,
+            ``selector`` (every available video) and ``fine`` (every available video).
+    """
+
+    coarse: np.ndarray
+    fine: np.ndarray
+    selector: np.ndarray
+    available: np.ndarray
+    seconds_per_query: dict[str, float]

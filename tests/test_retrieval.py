@@ -1,0 +1,178 @@
+"""DnS retrieval end to end on a small index: coarse candidates, selector routing, fine re-ranking."""
+
+import numpy as np
+import pytest
+
+from dns_tf.convert import load_official
+from dns_tf.data.padding import padded_batch_from_arrays
+from dns_tf.index import CoarseConfig, VideoIndex
+from dns_tf.index.fine_store import unpack_bits
+from dns_tf.retrieval import DnSRetriever, LocalBackend, SearchConfig
+
+NUM_VIDEOS = 40
+
+
+def unit_regions(rng, frames):
+    features = rng.standard_normal((frames, 9, 512), dtype=np.float32)
+    return features / np.linalg.norm(features, axis=-1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def backend(checkpoints):
+    return LocalBackend(load_official(checkpoints / "cg_student.pth"),
+                        load_official(checkpoints / "fg_bin_student.pth"),
+                        load_official(checkpoints / "selector.pth"), batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def collection():
+    """A query and NUM_VIDEOS videos, some sharing frames with the query."""
+    rng = np.random.default_rng(0)
+    query = unit_regions(rng, 12)
+    videos = {}
+    for i in range(NUM_VIDEOS):
+        video = unit_regions(rng, int(rng.integers(4, 24)))
+        if i % 4 == 0:  # a noisy copy of part of the query
+            take = min(len(video), len(query))
+            video[:take] = query[:take] + 0.5 * video[:take]
+            video /= np.linalg.norm(video, axis=-1, keepdims=True)
+        videos[f"v{i:02d}"] = video
+    return query, videos
+
+
+def build_index(path, backend, videos, config=None):
+    index = VideoIndex.create(str(path), coarse_dims=backend.coarse_student.output_dims,
+                              fine_kind=backend.fine_kind, fine_shape_tail=backend.fine_shape_tail,
+                              config=config)
+    ids = list(videos)
+    for start in range(0, len(ids), 16):
+        batch = ids[start:start + 16]
+        padded, mask = padded_batch_from_arrays([videos[i] for i in batch])
+        indexed = backend.index(padded, mask)
+        index.add_many(batch, indexed.coarse, indexed.fine, indexed.selector)
+    return index
+
+
+@pytest.fixture(scope="module")
+def retriever(tmp_path_factory, backend, collection):
+    index = build_index(tmp_path_factory.mktemp("retrieval") / "index", backend, collection[1])
+    yield DnSRetriever(index, backend)
+    index.close()
+
+
+def search(retriever, query, **settings):
+    return retriever.search(query, SearchConfig(top=NUM_VIDEOS, **settings))
+
+
+def test_indexing_a_padded_batch_equals_indexing_each_video_alone(backend, collection):
+    videos = list(collection[1].values())[:6]
+    padded, mask = padded_batch_from_arrays(videos)
+    batched = backend.index(padded, mask)
+    for row, video in enumerate(videos):
+        alone = backend.index(video[None], np.ones((1, len(video)), np.float32))
+        np.testing.assert_allclose(batched.coarse[row], alone.coarse[0], atol=1e-5)
+        np.testing.assert_array_equal(batched.fine[row], alone.fine[0])
+        assert batched.selector[row] == pytest.approx(alone.selector[0], abs=1e-5)
+
+
+def test_dns_at_100_percent_is_the_fine_ranking(retriever, collection):
+    dns = search(retriever, collection[0], mode="dns", percentage=100)
+    fine = search(retriever, collection[0], mode="fine")
+    assert dns.ids == fine.ids
+    np.testing.assert_array_equal(dns.scores, fine.scores)
+    assert dns.num_reranked == NUM_VIDEOS and all(hit.reranked for hit in dns.hits)
+
+
+def test_dns_at_0_percent_is_the_coarse_ranking(retriever, collection):
+    dns = search(retriever, collection[0], mode="dns", percentage=0)
+    coarse = search(retriever, collection[0], mode="coarse")
+    assert dns.ids == coarse.ids and dns.num_reranked == 0
+    np.testing.assert_array_equal(dns.scores, [hit.coarse_score for hit in coarse.hits])
+    assert not any(hit.reranked for hit in dns.hits)
+
+
+def test_fine_scores_are_the_students_similarity_of_each_pair(retriever, backend, collection):
+    ranking = search(retriever, collection[0], mode="fine")
+    query = retriever.index_query(collection[0]).fine[0]
+    student = backend.fine_student
+    for hit in ranking.hits[:5]:
+        target = retriever.index.get(hit.video_id).fine
+        expected = float(np.asarray(student.calculate_video_similarity(
+            unpack_bits(query), unpack_bits(target)))[0, 0])
+        assert hit.score == pytest.approx(expected / 2 + 0.5, abs=1e-5)
+
+
+def test_budget_reranks_the_selectors_top_choices(retriever, backend, collection):
+    ranking = search(retriever, collection[0], mode="dns", budget=7)
+    assert ranking.num_reranked == 7
+    reranked = {hit.video_id for hit in ranking.hits if hit.reranked}
+    assert len(reranked) == 7
+    # They are the 7 pairs the selector scores highest.
+    query = retriever.index_query(collection[0])
+    coarse_scores, ids = retriever.index.coarse_scores_all(query.coarse)
+    mlp_input = np.stack([np.full(len(ids), query.selector[0]),
+                          retriever.index.selector_scores(ids), coarse_scores[0]], 1)
+    routing = backend.selector_scores(mlp_input)
+    assert reranked == {ids[i] for i in np.argsort(-routing, kind="stable")[:7]}
+    # The others keep their coarse score.
+    assert all(hit.score == hit.coarse_score for hit in ranking.hits if not hit.reranked)
+
+
+def test_percentage_is_a_share_of_the_candidates(retriever, collection):
+    ranking = search(retriever, collection[0], mode="dns", percentage=25)
+    assert ranking.num_reranked == NUM_VIDEOS // 4
+    assert sum(hit.reranked for hit in ranking.hits) == NUM_VIDEOS // 4
+
+
+def test_top_limits_the_hits(retriever, collection):
+    ranking = retriever.search(collection[0], SearchConfig(top=5, percentage=50))
+    assert len(ranking.hits) == 5 and ranking.num_candidates == NUM_VIDEOS
+    scores = ranking.scores
+    assert np.all(scores[:-1] >= scores[1:])
+    full = search(retriever, collection[0], percentage=50)
+    assert ranking.ids == full.ids[:5]
+
+
+def test_candidates_are_the_coarse_top_k(retriever, collection):
+    ranking = retriever.search(collection[0], SearchConfig(mode="coarse", candidates=10, top=10))
+    everything = search(retriever, collection[0], mode="coarse")
+    assert ranking.num_candidates == 10
+    assert ranking.ids == everything.ids[:10]
+
+
+def test_candidates_through_scann(tmp_path, backend, collection):
+    config = CoarseConfig(brute_force_below=8, min_leaves_to_search=4)
+    with build_index(tmp_path / "scann", backend, collection[1], config) as index:
+        index.rebuild()
+        assert index.stats()["searcher_kind"] == "scann"
+        retriever = DnSRetriever(index, backend)
+        ranking = retriever.search(collection[0], SearchConfig(candidates=12, percentage=50,
+                                                               top=12))
+        exact = retriever.search(collection[0], SearchConfig(mode="coarse", top=NUM_VIDEOS))
+    assert ranking.num_candidates == 12 and ranking.num_reranked == 6
+    # ScaNN re-scores its candidates exactly: on 40 videos it finds the exact top 12.
+    assert set(ranking.ids) == set(exact.ids[:12])
+
+
+def test_database_scores_agree_with_search(retriever, collection):
+    query, videos = collection
+    database = sorted(videos) + ["not_indexed"]
+    scores = retriever.database_scores([query], database)
+    assert scores.available.tolist() == [True] * NUM_VIDEOS + [False]
+    fine = search(retriever, query, mode="fine")
+    coarse = search(retriever, query, mode="coarse")
+    for ranking, matrix, attribute in ((fine, scores.fine, "score"),
+                                       (coarse, scores.coarse, "coarse_score")):
+        for hit in ranking.hits:
+            assert matrix[0, database.index(hit.video_id)] == pytest.approx(
+                getattr(hit, attribute), abs=1e-6)
+    assert set(scores.seconds_per_query) == {"index_query", "coarse", "selector", "fine"}
+
+
+def test_backend_must_match_the_index(tmp_path, checkpoints, backend):
+    attention = LocalBackend(backend.coarse_student,
+                             load_official(checkpoints / "fg_att_student.pth"), backend.selector)
+    with VideoIndex.create(str(tmp_path / "bits"), coarse_dims=128, fine_kind="bits",
+                           fine_shape_tail=(9, 512)) as index:
+        with pytest.raises(ValueError, match="float16"):
+            DnSRetriever(index, attention)

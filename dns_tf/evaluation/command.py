@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
 from dns_tf.evaluation.annotations import AnnotationFormatError, UnsafeAnnotationError
 from dns_tf.evaluation.datasets import DATASET_NAMES, canonical_dataset_name, load_dataset
 from dns_tf.evaluation.similarities import SimilarityMatrix, read_available_ids
+from dns_tf.evaluation.sweep import DEFAULT_PERCENTAGES
 
 
 def register(subparsers) -> None:
@@ -21,16 +23,30 @@ def register(subparsers) -> None:
     parser.add_argument("--annotations", required=True,
                         help="the dataset's annotation file (fivr.pickle, cc_web_video.pickle, "
                              "evve.pickle, SVD's test_groundtruth) or a folder holding it")
-    parser.add_argument("--similarities", required=True,
+    parser.add_argument("--similarities",
                         help=".npz with 'similarities' [queries, database], 'queries', 'database'")
+    index = parser.add_argument_group(
+        "or a video index (dns-tf index): the dataset's queries found in --features are searched "
+        "coarse-only, fine-only and with DnS at each --percentages")
+    index.add_argument("--index", help="video index directory, instead of --similarities")
+    index.add_argument("--features", help="region features holding the query videos")
+    index.add_argument("--percentages", nargs="+", type=float, default=list(DEFAULT_PERCENTAGES),
+                       help="shares of the database re-ranked by DnS (default: 0 5 ... 100)")
+    index.add_argument("--sweep", metavar="OUT.png", help="also plot the trade-off sweep here")
     parser.add_argument("--available", default=None,
                         help="evaluate on the available subset: .npz with a bool 'available' per "
                              "database video, or a text file of video ids")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, parser=parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    if bool(args.similarities) == bool(args.index):
+        args.parser.error("give either --similarities or --index")
+    if args.index:
+        if not args.features:
+            args.parser.error("--index needs --features (the query videos)")
+        return run_index(args)
     try:
         dataset = load_dataset(args.dataset, args.annotations)
         similarities = SimilarityMatrix.from_npz(args.similarities)
@@ -43,4 +59,49 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"dataset": dataset.name, "subset": all_db is not None,
                           "metrics": metrics}, indent=2))
+    return 0
+
+
+def run_index(args: argparse.Namespace) -> int:
+    """Coarse-only, fine-only and DnS at each percentage on the queries found in --features,
+    with measured seconds per query and the index's KB per video."""
+    from dns_tf.data.feature_files import FeatureFileError, open_features
+    from dns_tf.evaluation.sweep import Cost, dns_sweep, format_table, plot_sweep
+    from dns_tf.index.command import open_backend
+    from dns_tf.index.store import VideoIndex, VideoIndexError
+    from dns_tf.retrieval import DnSRetriever
+
+    try:
+        dataset = load_dataset(args.dataset, args.annotations)
+        with VideoIndex.open(args.index, readonly=True) as index, \
+                open_features(args.features) as features:
+            queries = [query for query in dataset.queries if query in features]
+            if not queries:
+                raise ValueError(f"{args.features} holds none of the {len(dataset.queries)} "
+                                 f"{dataset.name} queries")
+            scores = DnSRetriever(index, open_backend(index)).database_scores(
+                [features[query] for query in queries], dataset.database, progress=not args.json)
+            stats = index.stats()
+        seconds = scores.seconds_per_query
+        rows = dns_sweep(dataset, scores.coarse, scores.fine, scores.selector,
+                         coarse_cost=Cost(seconds["coarse"], stats["coarse_kb_per_video"]),
+                         fine_cost=Cost(seconds["fine"], stats["fine_kb_per_video"]),
+                         selector_cost=Cost(seconds["selector"], 4 / 1024),
+                         available=scores.available, queries=queries,
+                         percentages=args.percentages)
+        if args.sweep:
+            plot_sweep(rows, args.sweep, title=f"{dataset.name}, {len(queries)} queries")
+    except (OSError, ValueError, TypeError, KeyError, AnnotationFormatError,
+            UnsafeAnnotationError, FeatureFileError, VideoIndexError) as error:
+        print(f"dns-tf evaluate: error: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"dataset": dataset.name, "queries": len(queries),
+                          "available": int(scores.available.sum()),
+                          "seconds_per_query": seconds,
+                          "rows": [dataclasses.asdict(row) for row in rows]}, indent=2))
+    else:
+        print(f"{dataset.name}: {len(queries)} queries, {int(scores.available.sum())} of "
+              f"{len(dataset.database)} database videos in {args.index}")
+        print(format_table(rows))
     return 0

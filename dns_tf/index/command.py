@@ -1,0 +1,254 @@
+"""``dns-tf index``: build, inspect and search a DnS video index with the networks in process.
+
+    dns-tf index create videos.idx --coarse cg.keras --fine fg_bin.keras --selector selector.pth
+    dns-tf index add videos.idx --features features.h5 [--ids v1 v2 ...] [--batch_size 16]
+    dns-tf index remove videos.idx v1 v2
+    dns-tf index stats videos.idx [--json]
+    dns-tf index search videos.idx --features features.h5 --query q1 q2 [--mode dns
+        --percentage 5 --candidates 1000 --top 20] [--json]
+
+``create`` records the three networks' paths (``.keras`` files or the authors' ``.pth``) and the
+fine student's kind in the index, so later commands need only the index. ``add`` indexes the
+videos of a feature file (the authors' HDF5 layout or TFRecord shards) in batches, each committed
+on its own: an interrupted run loses at most one batch, and a rerun skips the videos already in the
+index. Exit codes: 0 success, 1 an index, file or video problem (the message names it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+from dns_tf.config import add_arguments, field, from_arguments
+from dns_tf.retrieval import SearchConfig
+
+NETWORKS = ("coarse", "fine", "selector")
+FINE_BATCH_SIZE = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class AddConfig:
+    """How ``index add`` reads and indexes videos."""
+
+    batch_size: int = field(16, "videos indexed (and committed) per batch")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "index", help="create, fill, inspect and search a DnS video index",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="index_command", metavar="COMMAND", required=True)
+
+    create = commands.add_parser("create", help="create an empty index for three networks")
+    create.add_argument("index", help="index directory (must not exist or be empty)")
+    for network in NETWORKS:
+        create.add_argument(f"--{network}", required=True,
+                            help=f"the {network} network: .keras file or official .pth")
+    create.set_defaults(func=run_create)
+
+    add = commands.add_parser("add", help="index the videos of a feature file")
+    add.add_argument("index", help="index directory")
+    add.add_argument("--features", required=True,
+                     help="region features: .h5/.hdf5 file or TFRecord directory")
+    add.add_argument("--ids", nargs="+", default=None,
+                     help="index only these video ids (default: every video of the file)")
+    add_arguments(add, AddConfig)
+    add.set_defaults(func=run_add)
+
+    remove = commands.add_parser("remove", help="remove videos from the index")
+    remove.add_argument("index", help="index directory")
+    remove.add_argument("ids", nargs="+", metavar="ID", help="video ids to remove")
+    remove.set_defaults(func=run_remove)
+
+    stats = commands.add_parser("stats", help="size and settings of the index")
+    stats.add_argument("index", help="index directory")
+    stats.add_argument("--json", action="store_true", help="print one JSON object")
+    stats.set_defaults(func=run_stats)
+
+    search = commands.add_parser("search", help="DnS search with query videos of a feature file")
+    search.add_argument("index", help="index directory")
+    search.add_argument("--features", required=True,
+                        help="region features holding the query videos (.h5 or TFRecord)")
+    search.add_argument("--query", nargs="+", required=True, help="query video ids")
+    search.add_argument("--json", action="store_true", help="print one JSON object")
+    add_arguments(search, SearchConfig)
+    search.add_argument("--fine_batch_size", type=int, default=FINE_BATCH_SIZE,
+                        help=f"target videos per fine-similarity batch (default: "
+                             f"{FINE_BATCH_SIZE})")
+    search.set_defaults(func=run_search, parser=search)
+
+
+def _fail(message) -> int:
+    print(f"dns-tf index: error: {message}", file=sys.stderr)
+    return 1
+
+
+def _errors():
+    """The exceptions that mean a bad index, file or video rather than a bug."""
+    from dns_tf.data.feature_files import FeatureFileError
+    from dns_tf.index.store import VideoIndexError
+
+    return (VideoIndexError, FeatureFileError, OSError, KeyError, ValueError)
+
+
+def _message(error: Exception) -> str:
+    return error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+
+
+def open_backend(index, batch_size: int = FINE_BATCH_SIZE):
+    """The :class:`~dns_tf.retrieval.LocalBackend` of the networks recorded in ``index``."""
+    from dns_tf.retrieval import LocalBackend
+
+    networks = index.metadata.get("networks")
+    if not isinstance(networks, dict) or set(networks) != set(NETWORKS):
+        raise ValueError(f"{index.path} records no networks (was it made by 'dns-tf index "
+                         f"create'?); its metadata is {index.metadata}")
+    backend = LocalBackend.from_files(networks["coarse"], networks["fine"],
+                                      networks["selector"], batch_size=batch_size)
+    if backend.fine_kind != index.fine_kind:
+        raise ValueError(f"{networks['fine']} produces '{backend.fine_kind}' fine "
+                         f"representations, {index.path} stores '{index.fine_kind}'")
+    return backend
+
+
+def run_create(args) -> int:
+    from dns_tf.index.store import VideoIndex
+    from dns_tf.retrieval import LocalBackend
+
+    paths = {network: os.path.abspath(getattr(args, network)) for network in NETWORKS}
+    try:
+        backend = LocalBackend.from_files(paths["coarse"], paths["fine"], paths["selector"])
+        metadata = {"networks": paths, "fine_student": backend.fine_student.kind}
+        with VideoIndex.create(args.index, coarse_dims=backend.coarse_student.output_dims,
+                               fine_kind=backend.fine_kind,
+                               fine_shape_tail=backend.fine_shape_tail, metadata=metadata):
+            pass
+    except _errors() as error:
+        return _fail(_message(error))
+    print(f"created {os.path.abspath(args.index)}: {backend.fine_student.kind} fine student "
+          f"({backend.fine_kind}), {backend.coarse_student.output_dims}-d coarse vectors")
+    return 0
+
+
+def run_add(args) -> int:
+    from tqdm import tqdm
+
+    from dns_tf.data.feature_files import open_features
+    from dns_tf.data.padding import padded_batch_from_arrays
+    from dns_tf.index.store import VideoIndex
+
+    config = from_arguments(AddConfig, args)
+    if config.batch_size < 1:
+        return _fail(f"--batch_size must be at least 1, got {config.batch_size}")
+    added = 0
+    try:
+        with VideoIndex.open(args.index) as index, open_features(args.features) as features:
+            wanted = list(dict.fromkeys(args.ids)) if args.ids else features.ids()
+            missing = [video_id for video_id in wanted if video_id not in features]
+            if missing:
+                return _fail(f"{args.features} has no video {missing[0]!r} ({len(missing)} of "
+                             f"the {len(wanted)} requested ids are missing)")
+            present = set(index.ids())
+            pending = [video_id for video_id in wanted if video_id not in present]
+            skipped = len(wanted) - len(pending)
+            backend = open_backend(index)
+            dims = backend.coarse_student.dims
+            with tqdm(total=len(pending), desc="indexing", unit="video") as progress:
+                for start in range(0, len(pending), config.batch_size):
+                    ids = pending[start:start + config.batch_size]
+                    videos = [_checked(features[video_id], video_id, dims, args.features)
+                              for video_id in ids]
+                    padded, mask = padded_batch_from_arrays(videos)
+                    indexed = backend.index(padded, mask)
+                    index.add_many(ids, indexed.coarse, indexed.fine, indexed.selector)
+                    added += len(ids)
+                    progress.update(len(ids))
+            total = len(index)
+    except _errors() as error:
+        if added:
+            print(f"dns-tf index: {added} videos were added before the error; a rerun resumes "
+                  f"after them", file=sys.stderr)
+        return _fail(_message(error))
+    print(f"added {added} videos ({skipped} already indexed); {total} videos in {args.index}")
+    return 0
+
+
+def _checked(video, video_id: str, dims: int, path: str):
+    """A video's features ``[T, R, D]`` after checking their shape against the networks."""
+    if video.ndim != 3 or video.shape[0] < 1 or video.shape[2] != dims:
+        raise ValueError(f"{path}: video {video_id!r} has features of shape {video.shape}; the "
+                         f"networks expect [T >= 1, regions, {dims}]")
+    return video
+
+
+def run_remove(args) -> int:
+    from dns_tf.index.store import VideoIndex
+
+    unknown = []
+    try:
+        with VideoIndex.open(args.index) as index:
+            for video_id in dict.fromkeys(args.ids):
+                try:
+                    index.remove(video_id)
+                except KeyError:
+                    unknown.append(video_id)
+            total = len(index)
+    except _errors() as error:
+        return _fail(_message(error))
+    removed = len(set(args.ids)) - len(unknown)
+    print(f"removed {removed} videos; {total} videos in {args.index}")
+    if unknown:
+        return _fail(f"{len(unknown)} ids are not in {args.index}: {', '.join(unknown[:10])}")
+    return 0
+
+
+def run_stats(args) -> int:
+    from dns_tf.index.store import VideoIndex
+
+    try:
+        with VideoIndex.open(args.index, readonly=True) as index:
+            stats = {"index": index.path, **index.stats(), **index.metadata}
+    except _errors() as error:
+        return _fail(_message(error))
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    for name, value in stats.items():
+        if isinstance(value, float):
+            value = f"{value:.3f}"
+        elif isinstance(value, dict):
+            value = ", ".join(f"{key}={item}" for key, item in value.items())
+        print(f"{name}: {value}")
+    return 0
+
+
+def run_search(args) -> int:
+    try:
+        config = from_arguments(SearchConfig, args)
+    except ValueError as error:
+        args.parser.error(str(error))
+
+    from dns_tf.data.feature_files import open_features
+    from dns_tf.index.store import VideoIndex
+    from dns_tf.retrieval import DnSRetriever
+
+    results = []
+    try:
+        with VideoIndex.open(args.index, readonly=True) as index, \
+                open_features(args.features) as features:
+            retriever = DnSRetriever(index, open_backend(index, args.fine_batch_size), config)
+            for video_id in args.query:
+                ranking = retriever.search(features[video_id])
+                if args.json:
+                    results.append({"query": video_id, **ranking.as_dict()})
+                else:
+                    print(ranking.format_table(video_id))
+    except _errors() as error:
+        return _fail(_message(error))
+    if args.json:
+        print(json.dumps({"index": os.path.abspath(args.index),
+                          "config": dataclasses.asdict(config), "queries": results}))
+    return 0

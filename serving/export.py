@@ -41,7 +41,10 @@ Serving's ``--enable_batching`` requires):
 Videos are described by lengths, not frame masks, because TF Serving's batching pads every
 variable-size axis with the tensor's *first value* (``pad_variable_length_inputs``): a padded mask
 would mark the padding as real frames, whereas padding past a length is ignored by construction.
-Lengths must be within ``[1, T]``; anything else fails with INVALID_ARGUMENT.
+Lengths must be within ``[1, T]``; anything else fails with INVALID_ARGUMENT. Every score is that
+of the video, or pair, on its own and unpadded, as the authors' evaluation computes it (the
+comparator's pooling would otherwise let padding change numbers): how requests are batched, by
+the client or by the server, never changes a result.
 
 Example:
 
@@ -62,13 +65,14 @@ from collections.abc import Mapping
 import numpy as np
 import tensorflow as tf
 
-from serving.model_config import available_versions, write_model_server_config
+from dns_tf.similarity_fast import MIN_FRAMES
+from serving.model_config import (MODELS_CONFIG_FILE, available_versions,
+                                  write_model_server_config)
 
 DNS_MODEL = "dns"
 FEATURES_MODEL = "dns_features"
 TEACHER_MODEL = "dns_teacher"
 MODEL_NAMES = (DNS_MODEL, FEATURES_MODEL, TEACHER_MODEL)
-MODELS_CONFIG_FILE = "models.config"
 BATCHING_PARAMETERS_FILE = "batching_parameters.txt"
 DEFAULT_FRAME_SIZE = 224
 
@@ -86,6 +90,8 @@ num_batch_threads { value: %(threads)d }
 pad_variable_length_inputs: true
 """
 
+# Pairs compared at the same time within one request (independent loop iterations).
+PARALLEL_PAIRS = 16
 _BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)  # np.packbits order: the first code is the high bit
 
 
@@ -109,17 +115,19 @@ def unpack_codes(packed: tf.Tensor) -> tf.Tensor:
     return tf.cast(bits, tf.float32) * 2.0 - 1.0
 
 
-def check_lengths(lengths: tf.Tensor, num_frames: tf.Tensor, name: str) -> list[tf.Operation]:
-    """Assertions that ``1 <= lengths <= num_frames`` (INVALID_ARGUMENT when they fail)."""
-    return [tf.debugging.assert_positive(lengths, message=f"{name} must be >= 1"),
-            tf.debugging.assert_less_equal(lengths, tf.cast(num_frames, lengths.dtype),
-                                           message=f"{name} must be <= the frame axis")]
+def checked_lengths(lengths: tf.Tensor, num_frames: tf.Tensor, name: str) -> tf.Tensor:
+    """``lengths``, available only once ``1 <= lengths <= num_frames`` holds (INVALID_ARGUMENT
+    otherwise); everything computed from them waits for the check."""
+    checks = [tf.debugging.assert_positive(lengths, message=f"{name} must be >= 1"),
+              tf.debugging.assert_less_equal(lengths, tf.cast(num_frames, lengths.dtype),
+                                             message=f"{name} must be <= the frame axis")]
+    with tf.control_dependencies(checks):
+        return tf.identity(lengths)
 
 
-def lengths_to_mask(lengths: tf.Tensor, num_frames: tf.Tensor, name: str) -> tf.Tensor:
-    """Frame mask ``[..., T]`` float32 from checked ``lengths [...]``."""
-    with tf.control_dependencies(check_lengths(lengths, num_frames, name)):
-        return tf.sequence_mask(lengths, num_frames, dtype=tf.float32)
+def lengths_to_mask(lengths: tf.Tensor, num_frames: tf.Tensor) -> tf.Tensor:
+    """Frame mask ``[..., T]`` float32 of ``lengths [...]``."""
+    return tf.sequence_mask(lengths, num_frames, dtype=tf.float32)
 
 
 class _Networks:
@@ -187,7 +195,8 @@ class DnSModule(tf.Module):
 
     def _index(self, features, lengths):
         networks = self._networks
-        mask = lengths_to_mask(lengths, tf.shape(features)[1], "lengths")
+        lengths = checked_lengths(lengths, tf.shape(features)[1], "lengths")
+        mask = lengths_to_mask(lengths, tf.shape(features)[1])
 
         def self_similarity(inputs):
             # Each video alone: the comparator's pooling makes the score depend on padding.
@@ -200,20 +209,28 @@ class DnSModule(tf.Module):
                                       fn_output_signature=tf.float32)}
 
     def _fine_similarity(self, query, query_length, targets, target_lengths):
-        query_checks = check_lengths(query_length, tf.shape(query)[1], "query_length")
-        target_mask = lengths_to_mask(target_lengths, tf.shape(targets)[2], "target_lengths")
+        query_length = checked_lengths(query_length, tf.shape(query)[1], "query_length")
+        target_lengths = checked_lengths(target_lengths, tf.shape(targets)[2], "target_lengths")
+        fine = self._networks.fine
+
+        def video(stored, length):
+            # Unpadded, as the authors compare pairs; zero frames (zero similarity) stand in for
+            # the missing ones of videos shorter than the comparator's MIN_FRAMES.
+            frames = self._from_stored(stored[:length])
+            return tf.pad(frames, [[0, tf.maximum(MIN_FRAMES - length, 0)], [0, 0], [0, 0]])[None]
 
         def one_query(inputs):
-            # The query alone, unpadded; its targets padded to the longest of the request, as
-            # LocalBackend batches them. Decoding per query bounds the float32 codes in memory.
-            query, length, targets, target_mask = inputs
-            return self._networks.fine.calculate_video_similarity(
-                self._from_stored(query[:length])[None], self._from_stored(targets), None,
-                target_mask)[0]
+            query, query_length, targets, target_lengths = inputs
+            query = video(query, query_length)
 
-        with tf.control_dependencies(query_checks):
-            similarity = tf.map_fn(one_query, (query, query_length, targets, target_mask),
-                                   fn_output_signature=tf.TensorSpec([None], tf.float32))
+            def one_target(inputs):
+                return fine.calculate_video_similarity(query, video(*inputs))[0, 0]
+
+            return tf.map_fn(one_target, (targets, target_lengths), fn_output_signature=tf.float32,
+                             parallel_iterations=PARALLEL_PAIRS)
+
+        similarity = tf.map_fn(one_query, (query, query_length, targets, target_lengths),
+                               fn_output_signature=tf.TensorSpec([None], tf.float32))
         return {"similarity": similarity}
 
     def _selector_scores(self, mlp_input):
@@ -271,8 +288,8 @@ class TeacherModule(tf.Module):
 
     def _similarity(self, query, query_length, target, target_length):
         teacher = self._networks.teacher
-        checks = (check_lengths(query_length, tf.shape(query)[1], "query_length")
-                  + check_lengths(target_length, tf.shape(target)[1], "target_length"))
+        query_length = checked_lengths(query_length, tf.shape(query)[1], "query_length")
+        target_length = checked_lengths(target_length, tf.shape(target)[1], "target_length")
 
         def one_pair(inputs):
             # Each pair unpadded: the comparator's pooling makes scores depend on padding.
@@ -280,9 +297,8 @@ class TeacherModule(tf.Module):
             return teacher.calculate_video_similarity(teacher.index_video(query[:query_length]),
                                                       teacher.index_video(target[:target_length]))[0, 0]
 
-        with tf.control_dependencies(checks):
-            similarity = tf.map_fn(one_pair, (query, query_length, target, target_length),
-                                   fn_output_signature=tf.float32)
+        similarity = tf.map_fn(one_pair, (query, query_length, target, target_length),
+                               fn_output_signature=tf.float32)
         return {"similarity": similarity}
 
 

@@ -31,6 +31,7 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 SAVED_MODEL_FILENAMES = ("saved_model.pb", "saved_model.pbtxt")
+MODELS_CONFIG_FILE = "models.config"  # the name exports give their ModelServerConfig
 TENSORFLOW_PLATFORM = "tensorflow"
 
 

@@ -69,27 +69,6 @@ def _queries(args, remote: RemoteModelsConfig, client):
             yield video_id, features[video_id]
 
 
-def _ranking_json(name, ranking) -> dict:
-    return {"query": name, "num_candidates": ranking.num_candidates,
-            "num_reranked": ranking.num_reranked,
-            "seconds": {key: round(value, 6) for key, value in ranking.seconds.items()},
-            "hits": [{"rank": rank, "video_id": hit.video_id, "score": hit.score,
-                      "coarse_score": hit.coarse_score, "reranked": hit.reranked}
-                     for rank, hit in enumerate(ranking.hits, start=1)]}
-
-
-def _print_table(name, ranking) -> None:
-    milliseconds = 1000 * sum(ranking.seconds.values())
-    print(f"query {name}: {ranking.num_candidates} candidates, {ranking.num_reranked} re-ranked, "
-          f"{milliseconds:.1f} ms")
-    width = max([len("video"), *(len(hit.video_id) for hit in ranking.hits)])
-    print(f"{'rank':>5}  {'video':<{width}}  {'score':>8}  {'coarse':>8}  fine")
-    for rank, hit in enumerate(ranking.hits, start=1):
-        print(f"{rank:>5}  {hit.video_id:<{width}}  {hit.score:8.4f}  {hit.coarse_score:8.4f}  "
-              f"{'*' if hit.reranked else ''}")
-    print()
-
-
 def run(args) -> int:
     remote = from_arguments(RemoteModelsConfig, args)
     if not remote.server:
@@ -119,9 +98,9 @@ def run(args) -> int:
             for name, features in _queries(args, remote, client):
                 ranking = retriever.search(features)
                 if args.json:
-                    results.append(_ranking_json(name, ranking))
+                    results.append({"query": name, **ranking.as_dict()})
                 else:
-                    _print_table(name, ranking)
+                    print(ranking.format_table(name))
     except (ServingRequestError, VideoIndexError, FeatureFileError, VideoDecodeError, OSError,
             KeyError, ValueError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error

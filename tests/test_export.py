@@ -14,9 +14,10 @@ from dns_tf.features.extractor import FeatureExtractor
 from dns_tf.index.fine_store import pack_bits, unpack_bits
 from export_fixtures import load_networks
 from serving.batching import read_batching_parameters
-from serving.export import (BATCHING_PARAMETERS_FILE, MODELS_CONFIG_FILE, export_models,
-                            load_network, next_version, pack_codes, unpack_codes)
-from serving.model_config import read_model_server_config, resolve_servable_models
+from serving.export import (BATCHING_PARAMETERS_FILE, export_models, load_network, next_version,
+                            pack_codes, unpack_codes)
+from serving.model_config import (MODELS_CONFIG_FILE, read_model_server_config,
+                                  resolve_servable_models)
 
 VERSION = 3
 F32, I32, U8, F16 = tf.float32, tf.int32, tf.uint8, tf.float16
@@ -143,39 +144,51 @@ def test_index_matches_keras_and_reference(loaded, networks, parity):
 
 
 @pytest.mark.parametrize("student", ["bin", "att"])
-def test_fine_similarity_matches_keras_and_reference(loaded, networks, parity, student):
+def test_fine_similarity_is_each_pair_alone(loaded, networks, parity, student):
     model = loaded["dns" if student == "bin" else "dns_att"]
     videos, masks = parity["inputs.videos"], parity["inputs.masks"]
-    targets = run(model, "index", features=videos, lengths=lengths_of(masks))["fine"]
+    lengths = lengths_of(masks)
+    targets = run(model, "index", features=videos, lengths=lengths)["fine"]
     query = run(model, "index", features=parity["inputs.query"], lengths=np.array([9], np.int32))
     got = run(model, "fine_similarity", query=query["fine"], query_length=np.array([9], np.int32),
-              targets=targets[None], target_lengths=lengths_of(masks)[None])["similarity"]
+              targets=targets[None], target_lengths=lengths[None])["similarity"]
     fine = networks[student]
-    expected = fine.calculate_video_similarity(fine.index_video(parity["inputs.query"][0]),
-                                               fine.index_video(videos, masks), None, masks)
-    np.testing.assert_allclose(got, expected, atol=1e-5)
-    np.testing.assert_allclose(got, parity[f"fg_{student}.similarity"], atol=2e-3 if
-                               student == "att" else 1e-5)  # float16 storage of S^f_A
+    query_codes = fine.index_video(parity["inputs.query"][0])
+    alone = [fine.calculate_video_similarity(query_codes, fine.index_video(video[:length]))[0, 0]
+             for video, length in zip(videos, lengths)]
+    np.testing.assert_allclose(got[0], alone, atol=1e-5 if student == "bin" else 2e-3)  # float16
+    # The reference padded its batch to 12 frames: video 1 (12 frames) is the unpadded pair.
+    np.testing.assert_allclose(got[0, 1], parity[f"fg_{student}.similarity"][0, 1],
+                               atol=1e-5 if student == "bin" else 2e-3)
 
 
-def test_fine_similarity_ignores_padding_added_by_request_batching(loaded, parity):
-    """TF Serving's batching pads merged requests with each tensor's first value; lengths make
-    that padding inert: every row equals the same request sent alone."""
+def test_fine_similarity_ignores_padding(loaded, networks, parity):
+    """Padding by the client or by TF Serving's batching (with each tensor's first value) leaves
+    every score as the pair's alone; videos under 4 frames count as padded with zero similarity."""
     model = loaded["dns"]
     videos, masks = parity["inputs.videos"], parity["inputs.masks"]
     lengths = lengths_of(masks)
     fine = run(model, "index", features=videos, lengths=lengths)["fine"]
-    alone = [run(model, "fine_similarity", query=fine[0:1, :7], query_length=lengths[0:1],
-                 targets=fine[None, 1:], target_lengths=lengths[None, 1:])["similarity"][0],
-             run(model, "fine_similarity", query=fine[2:3, :5], query_length=lengths[2:3],
-                 targets=fine[None, 1:2], target_lengths=lengths[None, 1:2])["similarity"][0]]
-    # Request 1 (query 2, 5 frames, against target 1 alone) padded to request 0's sizes.
-    query = np.stack([fine[0, :7], np.concatenate([fine[2, :5], np.repeat(fine[2, :1], 2, 0)])])
+
+    def alone(query, query_length, target, target_length):
+        return run(model, "fine_similarity", query=query[None, :query_length],
+                   query_length=np.array([query_length], np.int32),
+                   targets=target[None, None, :target_length],
+                   target_lengths=np.array([[target_length]], np.int32))["similarity"][0, 0]
+
+    # Request 0: video 0 (7 frames) against videos 1 and 2; request 1: video 2 cut to 3 frames
+    # against video 1, padded along frames and targets to request 0's sizes.
+    query = np.stack([fine[0, :7], np.concatenate([fine[2, :3], np.repeat(fine[2, :1], 4, 0)])])
     targets = np.stack([fine[1:], np.stack([fine[1], fine[1]])])
-    merged = run(model, "fine_similarity", query=query, query_length=np.array([7, 5], np.int32),
-                 targets=targets, target_lengths=np.array([lengths[1:], [12, 12]], np.int32))
-    np.testing.assert_allclose(merged["similarity"][0], alone[0], atol=1e-6)
-    np.testing.assert_allclose(merged["similarity"][1, :1], alone[1], atol=1e-6)
+    merged = run(model, "fine_similarity", query=query, query_length=np.array([7, 3], np.int32),
+                 targets=targets, target_lengths=np.array([[12, 5], [12, 12]], np.int32))
+    expected = [[alone(fine[0], 7, fine[1], 12), alone(fine[0], 7, fine[2], 5)],
+                [alone(fine[2], 3, fine[1], 12)] * 2]
+    np.testing.assert_allclose(merged["similarity"], expected, atol=1e-6)
+    student = networks["bin"]
+    short = np.concatenate([student.index_video(videos[2, :3]), np.zeros((1, 9, 512), np.float32)])
+    np.testing.assert_allclose(expected[1][0], student.calculate_video_similarity(
+        short, student.index_video(videos[1]))[0, 0], atol=1e-5)
 
 
 def test_selector_and_coarse_similarity_match_reference(loaded, networks, parity):

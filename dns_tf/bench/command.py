@@ -21,6 +21,7 @@ BENCHMARKS = (
     "coarse",
     "extract",
     "similarity",
+    "serve",
 )
 
 

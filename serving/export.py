@@ -83,6 +83,7 @@ BATCHING_PARAMETERS = """\
 # TF Serving BatchingParameters (tensorflow_model_server --enable_batching
 # --batching_parameters_file=...). Every dns-tf signature is batch-major; variable-length
 # axes (frames, targets) are padded across merged requests and cut by lengths in the graph.
+# num_batch_threads: the CPU cores of the machine that exported; set the server's.
 max_batch_size { value: 64 }
 batch_timeout_micros { value: 2000 }
 max_enqueued_batches { value: 256 }

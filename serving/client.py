@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
 import time
@@ -178,8 +179,8 @@ class _RemoteModel:
 
     def __init__(self, client: ServingClient | str, model_name: str, version: int | None,
                  **client_options):
-        self.client = client if isinstance(client, ServingClient) else ServingClient(
-            client, **client_options)
+        self._owns_client = not isinstance(client, ServingClient)
+        self.client = ServingClient(client, **client_options) if self._owns_client else client
         self.model_name = model_name
         self._version = version
         self._signature_defs = None
@@ -211,7 +212,9 @@ class _RemoteModel:
         return outputs
 
     def close(self) -> None:
-        self.client.close()
+        """Closes the channel this object opened (a shared :class:`ServingClient` stays open)."""
+        if self._owns_client:
+            self.client.close()
 
 
 class RemoteBackend(_RemoteModel):
@@ -241,19 +244,33 @@ class RemoteBackend(_RemoteModel):
         self.targets_per_request = targets_per_request
         self.parallel_requests = parallel_requests
 
-    @property
+    @functools.cached_property
     def fine_kind(self) -> str:
         """``"bits"`` (packed uint8 codes) or ``"float16"``, from the ``index`` signature."""
         dtype = self.signature("index").outputs["fine"].dtype
         return "bits" if dtype == tf.uint8.as_datatype_enum else "float16"
 
-    @property
+    @functools.cached_property
     def fine_dtype(self) -> np.dtype:
         return np.dtype(np.uint8 if self.fine_kind == "bits" else np.float16)
+
+    def _stored(self, fine, what: str) -> np.ndarray:
+        """A stored fine representation ``[T, R, C]`` in the wire dtype, checked."""
+        fine = np.asarray(fine)
+        bits = self.fine_kind == "bits"
+        if fine.ndim != 3 or not len(fine) or (fine.dtype != np.uint8 if bits else
+                                               not np.issubdtype(fine.dtype, np.floating)):
+            expected = "packed codes uint8" if bits else "float features"
+            raise ValueError(f"{what} must be a stored fine representation [T >= 1, R, C] "
+                             f"({expected}), got {fine.dtype} {fine.shape}")
+        return fine.astype(self.fine_dtype, copy=False)
 
     def index(self, videos: np.ndarray, mask: np.ndarray) -> IndexedVideos:
         """Indexes region features ``[B, T, R, D]`` with prefix frame masks ``[B, T]``."""
         videos = np.asarray(videos, np.float32)
+        if videos.ndim != 4 or np.shape(mask) != videos.shape[:2]:
+            raise ValueError(f"expected videos [B, T, R, D] and a mask [B, T], got "
+                             f"{videos.shape} and {np.shape(mask)}")
         lengths = _lengths_of(mask)
         coarse, fine, selector = [], [], []
         for start in range(0, len(videos), self.videos_per_request):
@@ -272,7 +289,8 @@ class RemoteBackend(_RemoteModel):
         scores = np.empty(len(target_fines), np.float32)
         if not len(target_fines):
             return scores
-        query = np.asarray(query_fine, self.fine_dtype)[None]
+        query = self._stored(query_fine, "query")[None]
+        target_fines = [self._stored(target, f"target {i}") for i, target in enumerate(target_fines)]
         # Sorting by length keeps padding, and so wasted bytes and work, small.
         order = np.argsort([len(t) for t in target_fines], kind="stable")
         chunks = [order[start:start + self.targets_per_request]

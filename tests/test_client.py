@@ -29,6 +29,7 @@ from serving.server import ModelServer
 from videos import make_video
 
 Code = grpc.StatusCode
+pytestmark = pytest.mark.slow  # the tests share an export and a server (~10 s to set up)
 
 
 @pytest.fixture(scope="module")
@@ -297,8 +298,13 @@ def test_server_keeps_serving_after_bad_requests(stub, target, rng):
             stub.Predict(message, timeout=30)
         assert error.value.code() == code and details in error.value.details(), details
     assert predict(stub, "index", features=videos, lengths=lengths)["coarse"].shape == (2, 128)
+    backend = RemoteBackend(target)
     with pytest.raises(ValueError, match="prefix"):
-        RemoteBackend(target).index(videos, np.array([[1, 0, 1, 1, 1, 1], [1] * 6], np.float32))
+        backend.index(videos, np.array([[1, 0, 1, 1, 1, 1], [1] * 6], np.float32))
+    with pytest.raises(ValueError, match=r"target 1 must be a stored fine representation "
+                                         r"\[T >= 1, R, C\] \(packed codes uint8\), got float32"):
+        backend.fine_similarity(np.zeros((4, 9, 64), np.uint8),
+                                [np.zeros((4, 9, 64), np.uint8), np.ones((4, 9, 512), np.float32)])
 
 
 def test_remote_feature_extractor_and_teacher(target, networks, parity):

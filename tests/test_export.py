@@ -21,6 +21,7 @@ from serving.model_config import (MODELS_CONFIG_FILE, read_model_server_config,
 
 VERSION = 3
 F32, I32, U8, F16 = tf.float32, tf.int32, tf.uint8, tf.float16
+pytestmark = pytest.mark.slow  # the tests share exports of every servable (~10 s)
 
 # signature -> ({input: (dtype, shape)}, {output: (dtype, shape)}), None = any size; as in the README.
 DNS_SIGNATURES = {

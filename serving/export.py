@@ -304,7 +304,7 @@ class TeacherModule(tf.Module):
 
 
 def write_version(module: tf.Module, base_path: str | os.PathLike, version: int) -> pathlib.Path:
-    """Saves ``module`` with its ``signatures`` as ``<base_path>/<version>``, atomically.
+    """Saves ``module`` with its ``serving_signatures()`` as ``<base_path>/<version>``, atomically.
 
     The SavedModel is written to a hidden sibling directory and renamed into place, so a server
     polling ``base_path`` never sees a half-written version.

@@ -6,7 +6,9 @@ exported with ``serving.export`` and served by the embedded TF Serving server on
 query against ``--targets`` targets per request), ``C`` = 1, 4 and 16 clients (threads, one gRPC
 channel each) send requests back to back for ``--seconds``; the in-process rate is the same
 SavedModel signature called directly from ``C`` threads (the same work without gRPC, protos or
-the server's checks). Requests are built once, so the numbers are the server's, not the client's.
+the server's checks). Both are measured in ``--rounds`` alternating slices, so load from other
+processes hits them alike. Requests are built once: the numbers are the server's, not the
+client's.
 Target: at 16 clients, gRPC throughput >= 80% of in process, and no errors.
 """
 

@@ -109,49 +109,61 @@ def _valid(size, length):
     return tf.range(size)[None, :] < tf.reshape(length, [-1, 1])
 
 
+def _mask_pooled(x, query_frames, target_frames):
+    """Zeroes pooled cells ``[B, H, W, C]`` whose window was not wholly real, as on the unpadded
+    pair (where such windows do not exist)."""
+    row_mask = _valid(tf.shape(x)[1], query_frames)[:, :, None, None]
+    col_mask = _valid(tf.shape(x)[2], target_frames)[:, None, :, None]
+    return tf.where(row_mask & col_mask, x, 0.0)
+
+
 # The kernels are module-level functions (weights are arguments, not captured), so every
 # FastFineSimilarity shares their traces; dynamic dimensions keep those to one per kind.
-@tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.float32),
-                              tf.TensorSpec([None, None, None], tf.float32)])
+@tf.function(reduce_retracing=True)
 def float_frame_similarity(query, frames):
-    """Region chamfer of query frames ``[Tq, R, D]`` with frames ``[F, R', D]``: ``[Tq, F]``.
+    """Region chamfer of query frames ``[Tq, R, D]`` float32 with F frames, region-major
+    ``[R', F, D]`` float16 (as stored) or float32.
 
-    ``mean_r max_r' <q_r, t_r'>`` as the student computes it, from one matmul.
+    Returns ``[Tq, F]``: ``mean_r max_r' <q_r, t_r'>`` as the student computes it, from one
+    matmul. Region-major target rows make the max over regions a reduction over a middle axis
+    (vectorised along F). float16 is converted here, faster than numpy does it.
     """
+    frames = tf.cast(frames, tf.float32)
     frames_count, regions, dims = tf.unstack(tf.shape(query))
-    target_regions = tf.shape(frames)[1]
-    # Target rows region-major, so the max over regions reduces a middle axis (vectorised).
-    targets = tf.reshape(tf.transpose(frames, [1, 0, 2]), [-1, dims])
-    products = tf.matmul(tf.reshape(query, [-1, dims]), targets, transpose_b=True)
+    target_regions = tf.shape(frames)[0]
+    products = tf.matmul(tf.reshape(query, [-1, dims]), tf.reshape(frames, [-1, dims]),
+                         transpose_b=True)                               # [Tq·R, R'·F]
     best = tf.reduce_max(tf.reshape(products, [frames_count * regions, target_regions, -1]), axis=1)
     return tf.reduce_mean(tf.reshape(best, [frames_count, regions, -1]), axis=1)
 
 
 @tf.function(jit_compile=True)
-def hamming_region_sums(query, frames, bits):
+def hamming_region_sums(query, frames, bits, regions):
     """Region chamfer of ±1 codes read from packed words, in XLA, before the final division.
 
     Args:
-        query: ``[Tq, R, W]`` words of the query's codes.
-        frames: ``[W, R', X]`` words of X target frames, region-major.
+        query: ``[Tq·R, W]`` words of the query's codes, frame-major.
+        frames: ``[W, R·X]`` words of X target frames, region-major.
         bits: code length (int32 scalar).
+        regions: R (a Python int).
 
     Returns:
         ``[Tq, X]`` int32 ``sum_r max_r' <q_r, t_r'>`` with ``<q, t> = bits - 2 popcount(q xor t)``,
         exact. The division by ``R`` happens outside XLA, which would turn it into a
         multiplication by the rounded ``1 / R`` and lose bit equality with the float path.
     """
-    frames_count, regions, words = query.shape
-    _, target_regions, width = frames.shape
-    xor = tf.bitwise.bitwise_xor(tf.reshape(query, [-1, words, 1]),
-                                 tf.reshape(frames, [1, words, -1]))
-    distances = tf.reduce_sum(tf.cast(tf.raw_ops.PopulationCount(x=xor), tf.int16), axis=1)
-    # Best target region = fewest differing bits. Elementwise minima of the R' slabs vectorise;
+    width = frames.shape[1] // regions
+    # Two-dimensional operands and int64 sums let XLA vectorise the popcounts (vpopcntq); the
+    # distances are stored as int16 (at most `bits`), a quarter of the memory traffic.
+    xor = tf.bitwise.bitwise_xor(query[:, :, None], frames[None])
+    distances = tf.cast(tf.reduce_sum(tf.cast(tf.raw_ops.PopulationCount(x=xor), tf.int64),
+                                      axis=1), tf.int16)                       # [Tq·R, R·X]
+    # Best target region = fewest differing bits. Elementwise minima of the R slabs vectorise;
     # XLA's reduce over a middle axis does not.
     nearest = distances[:, :width]
-    for region in range(1, target_regions):
+    for region in range(1, regions):
         nearest = tf.minimum(nearest, distances[:, region * width:(region + 1) * width])
-    dots = tf.reshape(bits - 2 * tf.cast(nearest, tf.int32), [frames_count, regions, width])
+    dots = tf.reshape(bits - 2 * tf.cast(nearest, tf.int32), [-1, regions, width])
     total = dots[:, 0]
     for region in range(1, regions):
         total += dots[:, region]
@@ -189,6 +201,8 @@ def compare_batch(similarity, columns, query_frames, target_frames, weights):
     # Zero-similarity frames stand in for the missing ones of videos shorter than MIN_FRAMES.
     query_frames = tf.maximum(query_frames, MIN_FRAMES)
     target_frames = tf.maximum(target_frames, MIN_FRAMES)
+    # Without padding (every video as long as the batch is wide) the masks below change nothing.
+    padded = (query_frames != rows) | tf.reduce_any(target_frames != cols)
     for index in range(3):
         kernel, bias = weights[2 * index:2 * index + 2]
         x = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, kernel, 1, "SAME"), bias))
@@ -196,10 +210,7 @@ def compare_batch(similarity, columns, query_frames, target_frames, weights):
             x = tf.nn.max_pool2d(x, 2, 2, "VALID")
             query_frames //= 2
             target_frames //= 2
-            # A pooled cell is real only if its whole window is: as on the unpadded pair.
-            row_mask = _valid(tf.shape(x)[1], query_frames)[:, :, None, None]
-            col_mask = _valid(tf.shape(x)[2], target_frames)[:, None, :, None]
-            x = tf.where(row_mask & col_mask, x, 0.0)
+            x = tf.cond(padded, lambda: _mask_pooled(x, query_frames, target_frames), lambda: x)
     kernel, bias = weights[6:]
     x = tf.clip_by_value(tf.nn.bias_add(tf.nn.conv2d(x, kernel, 1, "VALID"), bias)[..., 0],
                          -1.0, 1.0)                                        # [B, Tq'/4, Tt'/4]
@@ -245,8 +256,7 @@ class FastFineSimilarity:
 
     def __call__(self, query: np.ndarray, targets: Sequence[np.ndarray]) -> np.ndarray:
         query_length = len(query)
-        query = self._prepare_query(query)
-        targets = [self._prepare(target, f"target {i}") for i, target in enumerate(targets)]
+        query, targets = self._prepare_all(query, targets)
         scores = np.empty(len(targets), np.float32)
 
         def score(batch):
@@ -261,8 +271,7 @@ class FastFineSimilarity:
     def frame_to_frame(self, query: np.ndarray, targets: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The frame-to-frame matrices ``[Tq, Tt_i]`` the comparator reads, one per target."""
         query_length = len(query)
-        query = self._prepare_query(query)
-        targets = [self._prepare(target, f"target {i}") for i, target in enumerate(targets)]
+        query, targets = self._prepare_all(query, targets)
         matrices = [None] * len(targets)
 
         def frame_similarity(batch):
@@ -276,50 +285,58 @@ class FastFineSimilarity:
                             length_batches([len(t) for t in targets], self.batch_size)))
         return matrices
 
-    def _prepare(self, video: np.ndarray, what: str) -> np.ndarray:
-        """Stored representation -> what the kernels read: float32 features or packed words."""
+    def _prepare(self, video: np.ndarray, what: str, regions: int | None = None) -> np.ndarray:
+        """Checks a stored representation; codes are viewed as words, features stay as stored
+        (float16 is converted once, while batches are assembled)."""
         video = np.asarray(video)
         if video.ndim != 3 or len(video) == 0:
             raise ValueError(f"{what} must be a stored fine representation [T, R, ...] with "
                              f"T >= 1, got shape {video.shape}")
+        if regions is not None and video.shape[1] != regions:
+            raise ValueError(f"{what} has {video.shape[1]} regions per frame, the query {regions}")
         if self.kind == "bits":
             if video.dtype != np.uint8 or video.shape[-1] * 8 != self.bits:
                 raise ValueError(f"{what}: a binarization student compares packed codes "
                                  f"[T, R, {self.bits // 8}] uint8, got {video.dtype} "
                                  f"{video.shape}")
             return packed_words(video)
-        if video.dtype == np.uint8:
-            raise ValueError(f"{what}: packed codes given to a '{self.kind}' student that "
-                             f"compares float features")
-        return np.asarray(video, np.float32)
+        if not np.issubdtype(video.dtype, np.floating):
+            raise ValueError(f"{what}: {video.dtype} data given to a '{self.kind}' student that "
+                             f"compares float features (packed codes are for binarization)")
+        return video
 
-    def _prepare_query(self, query: np.ndarray) -> np.ndarray:
+    def _prepare_all(self, query, targets) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The query padded to ``padded_length`` frames (the comparator needs MIN_FRAMES rows;
+        the XLA kernel compiles per query length, so few lengths keep compilations few; the
+        padded rows are masked) and the checked targets."""
         query = self._prepare(query, "query")
-        # The comparator needs MIN_FRAMES rows, and XLA compiles per query length: padding keeps
-        # the compilations few. The padded rows are masked.
         padding = padded_length(len(query)) - len(query)
-        return np.concatenate([query, np.zeros((padding, *query.shape[1:]), query.dtype)])
+        query = np.concatenate([query, np.zeros((padding, *query.shape[1:]), query.dtype)])
+        if self.kind == "float":
+            query = query.astype(np.float32)
+        return query, [self._prepare(target, f"target {i}", query.shape[1])
+                       for i, target in enumerate(targets)]
 
-    def _frame_similarity(self, query: np.ndarray, frames: list[np.ndarray]):
-        """``[Tq', F]`` similarities of the prepared query with the concatenated ``frames``.
+    def _frame_similarity(self, query: np.ndarray, targets: list[np.ndarray]):
+        """``[Tq', F]`` similarities of the prepared query with the targets' frames, in order.
 
         ``Tq'`` is the query padded to FRAME_MULTIPLE frames and, for codes, ``F`` is padded to
         whole kernel chunks; the extra rows and columns hold garbage that the comparator masks.
         """
-        frames = np.concatenate(frames)
+        # Region-major frames [R, F, ...], assembled in one copy.
+        frames = np.concatenate([target.transpose(1, 0, 2) for target in targets], axis=1)
         if self.kind == "float":
             return float_frame_similarity(query, frames)
+        regions, count, words = frames.shape
         sums, start = [], 0
-        for size in _chunk_sizes(len(frames)):
-            chunk = frames[start:start + size]
-            if len(chunk) < size:
-                chunk = np.concatenate([chunk, np.zeros((size - len(chunk), *chunk.shape[1:]),
-                                                        chunk.dtype)])
-            sums.append(hamming_region_sums(query, np.ascontiguousarray(chunk.transpose(2, 1, 0)),
-                                            np.int32(self.bits)))
+        for size in _chunk_sizes(count):
+            chunk = np.zeros((words, regions, size), frames.dtype)
+            chunk[:, :, :min(size, count - start)] = frames[:, start:start + size].transpose(2, 0, 1)
+            sums.append(hamming_region_sums(query.reshape(-1, words), chunk.reshape(words, -1),
+                                            np.int32(self.bits), regions))
             start += size
         # As reduce_mean on the float path: an exact sum divided by R, then scaled by 1 / bits.
-        return tf.cast(tf.concat(sums, axis=1), tf.float32) / query.shape[1] * (1.0 / self.bits)
+        return tf.cast(tf.concat(sums, axis=1), tf.float32) / regions * (1.0 / self.bits)
 
 
 def _columns(lengths: np.ndarray) -> np.ndarray:

@@ -6,7 +6,7 @@ comparator CNN (~70 MFLOP). :class:`FastFineSimilarity` computes, for one query 
 their stored form (what a :class:`~dns_tf.index.VideoIndex` keeps), the numbers the authors'
 evaluation gets by comparing the query with each target on its own::
 
-    targets ──sorted by length, batched──> for each batch (two batches at a time, one per core):
+    targets ──sorted by length, batched──> for each batch (two batches in flight):
       frame-to-frame similarity of the query with all the batch's frames, flat [Tq, F]:
         float16 features: one matmul [Tq·R, D] x [D, R·F], max over target regions, mean over
                           query regions (TensorFlow graph; oneDNN runs the matmul);
@@ -22,6 +22,14 @@ when it runs on one unpadded pair. Scores therefore do not depend on how targets
 
 Videos shorter than :data:`MIN_FRAMES` frames (where the comparator, which pools twice by 2, has no
 output) are compared as if padded with zero-similarity frames to :data:`MIN_FRAMES`.
+
+Where XLA goes, measured on a 2-core AVX-512 CPU (``dns-tf bench similarity``): only the popcount
+kernel, which XLA fuses and vectorises (``vpopcntq``) into ~3000 pairs per CPU-second, where graph
+ops materialise the XOR of every word pair (~50). The float matmul and the comparator stay in the
+graph, where oneDNN is faster than XLA's CPU dot and convolutions (the comparator ~1.5x), and
+dynamic shapes need no recompilation. Shapes are still bucketed (query and batch widths to
+multiples of FRAME_MULTIPLE, popcount chunks to CHUNK_UNIT * 2^k frames) to bound XLA compilations
+and oneDNN primitive caches.
 
 This module is TensorFlow-specific (``tf.function``, XLA, ``PopulationCount``) and knows the
 index's stored formats, so it sits next to ``retrieval`` rather than in ``layers``, which stay
@@ -265,7 +273,7 @@ class FastFineSimilarity:
             scores[batch] = compare_batch(similarity, _columns(lengths), np.int32(query_length),
                                           lengths.astype(np.int32), self._weights)
 
-        list(self._pool.map(score, length_batches([len(t) for t in targets], self.batch_size)))
+        list(self._pool.map(score, self._batches(targets)))
         return scores
 
     def frame_to_frame(self, query: np.ndarray, targets: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -281,9 +289,13 @@ class FastFineSimilarity:
                 matrices[i] = flat[:query_length, start:start + len(targets[i])]
                 start += len(targets[i])
 
-        list(self._pool.map(frame_similarity,
-                            length_batches([len(t) for t in targets], self.batch_size)))
+        list(self._pool.map(frame_similarity, self._batches(targets)))
         return matrices
+
+    def _batches(self, targets: list[np.ndarray]) -> list[np.ndarray]:
+        """Length batches, at least one per worker when there are enough targets."""
+        size = min(self.batch_size, -(-len(targets) // self.workers))
+        return length_batches([len(t) for t in targets], max(size, 1))
 
     def _prepare(self, video: np.ndarray, what: str, regions: int | None = None) -> np.ndarray:
         """Checks a stored representation; codes are viewed as words, features stay as stored

@@ -173,3 +173,8 @@ def test_packed_words_view_the_same_bytes():
     assert words.dtype == np.uint64 and words.shape == (3, 9, 8)
     assert words.tobytes() == packed.tobytes()
     assert packed_words(packed[..., :12]).dtype == np.uint32
+
+
+def test_no_targets(checkpoints):
+    similarity = FastFineSimilarity(load_official(checkpoints / "fg_bin_student.pth"))
+    assert similarity(np.zeros((5, 9, 64), np.uint8), []).shape == (0,)

@@ -1,4 +1,5 @@
-"""``dns-tf evaluate``: scores a similarity file with a benchmark's protocol."""
+"""``dns-tf evaluate``: scores a similarity file, or a video index searched coarse-only, fine-only
+and with DnS, with a benchmark's protocol."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ range) and the selector reads ``[query score, target score, coarse similarity]``
 score is its self-similarity summary (:meth:`dns_tf.models.SelectorNetwork.index_video`). A share
 of the pairs (3 %, seeded) is held out; each epoch trains on a new class-balanced sample with
 binary cross-entropy, and accuracy and F1 are measured on a class-balanced sample of the held-out
-pairs, as the reference does.
+pairs after every epoch, as the reference does (:class:`HeldOutEvaluator`).
 
 Example:
 
@@ -31,7 +31,7 @@ from keras import ops
 from dns_tf.data.augment import truncate
 from dns_tf.data.padding import padded_batch_from_arrays
 from dns_tf.data.pairs import POOLS, TeacherPairs
-from dns_tf.data.pipelines import balanced_indices, selector_dataset
+from dns_tf.data.pipelines import selector_dataset
 from dns_tf.models import SelectorNetwork
 from training.config import SelectorTrainingConfig
 from training.distribute import make_strategy
@@ -204,15 +204,28 @@ def routing_recall(labels, scores, fraction: float) -> float:
 
 class HeldOutEvaluator:
     """Accuracy, precision, recall and F1 of the selector on a class-balanced sample of held-out
-    pairs (the reference's protocol), computed as often as asked."""
+    pairs, computed as often as asked.
 
-    def __init__(self, selector: SelectorNetwork, features: Mapping, pairs: SelectorPairs,
-                 seed: int = 42, max_frames: int | None = None):
-        self.sample = pairs.subset(np.sort(balanced_indices(pairs.labels, seed)))
-        self.scorer = SelectorScorer(selector, features, max_frames=max_frames)
+    As in the reference, held-out pairs go through the training forward pass (query and target
+    padded together in batches) in inference mode. The self-similarity score of a video shifts a
+    little with padding (pooling windows at its end), so this is the protocol that matches what the
+    MLP was trained on; :class:`SelectorScorer` scores videos as an index does.
+    """
+
+    def __init__(self, trainer: SelectorTrainer, features: Mapping, pairs: SelectorPairs,
+                 batch_size: int = 64, seed: int = 42, max_frames: int | None = None):
+        self.dataset = selector_dataset(features, pairs.queries, pairs.targets, pairs.coarse,
+                                        pairs.labels, batch_size=batch_size, seed=seed,
+                                        max_frames=max_frames)
+        self._predict = tf.function(lambda batch: trainer(batch, training=False),
+                                    input_signature=[self.dataset.element_spec])
 
     def __call__(self) -> dict[str, float]:
-        return classification_metrics(self.sample.labels, self.scorer.probabilities(self.sample))
+        labels, probabilities = [], []
+        for batch in self.dataset:
+            labels.append(batch["label"].numpy())
+            probabilities.append(np.asarray(self._predict(batch)))
+        return classification_metrics(np.concatenate(labels), np.concatenate(probabilities))
 
 
 def train_selector(features: Mapping, train: SelectorPairs, held_out: SelectorPairs | None,
@@ -250,7 +263,8 @@ def train_selector(features: Mapping, train: SelectorPairs, held_out: SelectorPa
 
     validate = None
     if held_out is not None:
-        validate = HeldOutEvaluator(selector, features, held_out, config.seed, config.max_frames)
+        validate = HeldOutEvaluator(trainer, features, held_out, config.batch_size, config.seed,
+                                    config.max_frames)
 
     return fit_network(trainer, dataset_for, epochs=config.epochs, strategy=strategy,
                        output_dir=output_dir, network_file=SELECTOR_FILE, validate=validate,

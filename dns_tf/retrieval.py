@@ -144,7 +144,7 @@ def fine_kind_of(fine_student) -> str:
 
 
 def _load_network(path: str, expected: type, what: str):
-    """A network from a ``.keras`` file or an official ``.pth`` checkpoint, of class ``expected``."""
+    """A network of class ``expected`` from a ``.keras`` file or an official ``.pth`` file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what}: {path}: no such file")
     if path.endswith(".keras"):

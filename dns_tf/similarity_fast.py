@@ -343,7 +343,8 @@ class FastFineSimilarity:
         sums, start = [], 0
         for size in _chunk_sizes(count):
             chunk = np.zeros((words, regions, size), frames.dtype)
-            chunk[:, :, :min(size, count - start)] = frames[:, start:start + size].transpose(2, 0, 1)
+            filled = min(size, count - start)
+            chunk[:, :, :filled] = frames[:, start:start + filled].transpose(2, 0, 1)
             sums.append(hamming_region_sums(query.reshape(-1, words), chunk.reshape(words, -1),
                                             np.int32(self.bits), regions))
             start += size

@@ -1,4 +1,4 @@
-"""DnS retrieval end to end on a small index: coarse candidates, selector routing, fine re-ranking."""
+"""DnS retrieval end to end on a small index: coarse candidates, selector, fine re-ranking."""
 
 import numpy as np
 import pytest

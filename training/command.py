@@ -171,8 +171,10 @@ def _report(name: str, result) -> None:
 
 
 def run_teacher(config: TeacherTrainingConfig, args, stack) -> int:
+    from training.distribute import make_strategy
     from training.teacher import read_triplets, train_teacher
 
+    strategy = make_strategy(config.strategy)  # before any other TensorFlow work
     features, collection = _features(args, stack)
     if collection is not None:
         triplets = collection.training_triplets(config.seed)
@@ -183,7 +185,7 @@ def run_teacher(config: TeacherTrainingConfig, args, stack) -> int:
     validation = _validation(args, collection, stack) if config.validate_every else None
     teacher = _load_network(args.init) if args.init else None
     result = train_teacher(features, triplets, config, args.output, teacher=teacher,
-                           validation=validation, verbose=args.verbose)
+                           validation=validation, strategy=strategy, verbose=args.verbose)
     _report("teacher", result)
     return 0
 
@@ -215,26 +217,30 @@ def run_pairs(config: PairsConfig, args, stack) -> int:
 def run_student(config: DistillationConfig, args, stack) -> int:
     from dns_tf.data.pairs import load_pairs
     from training.distill import train_student
+    from training.distribute import make_strategy
 
+    strategy = make_strategy(config.strategy)  # before any other TensorFlow work
     features, collection = _features(args, stack)
     pairs = load_pairs(args.pairs)
     validation = _validation(args, collection, stack) if config.validate_every else None
     student = _load_network(args.init) if args.init else None
     result = train_student(features, pairs, config, args.output, student=student,
-                           validation=validation, verbose=args.verbose)
+                           validation=validation, strategy=strategy, verbose=args.verbose)
     _report("student", result)
     return 0
 
 
 def run_selector(config: SelectorTrainingConfig, args, stack) -> int:
     from dns_tf.data.pairs import load_pairs
+    from training.distribute import make_strategy
     from training.selector import selector_pairs, split_pairs, train_selector
 
+    strategy = make_strategy(config.strategy)  # before any other TensorFlow work
     features, _ = _features(args, stack)
     pairs = selector_pairs(load_pairs(args.fine_pairs), load_pairs(args.coarse_pairs),
                            config.threshold)
     train, held_out = split_pairs(pairs, config.validation_fraction, config.seed)
     result = train_selector(features, train, held_out, config, args.output,
-                            verbose=args.verbose)
+                            strategy=strategy, verbose=args.verbose)
     _report("selector", result)
     return 0

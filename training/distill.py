@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Mapping
 
 import keras
+import tensorflow as tf
 
 from dns_tf.data.pairs import TeacherPairs
 from dns_tf.data.pipelines import distillation_dataset
@@ -99,7 +100,8 @@ def build_student(config: DistillationConfig) -> keras.Model:
 def train_student(features: Mapping, pairs: TeacherPairs, config: DistillationConfig,
                   output_dir: str | None = None, *, student: keras.Model | None = None,
                   validation: tuple[object, Mapping] | None = None,
-                  callbacks=(), verbose="auto") -> TrainingResult:
+                  callbacks=(), strategy: tf.distribute.Strategy | None = None,
+                  verbose="auto") -> TrainingResult:
     """Distils the teacher's ``pairs`` into a student.
 
     Args:
@@ -113,11 +115,13 @@ def train_student(features: Mapping, pairs: TeacherPairs, config: DistillationCo
         validation: ``(benchmark, features)`` for the validation mAP every
             ``config.validate_every`` epochs (see :class:`training.scoring.BenchmarkEvaluator`).
         callbacks: more Keras callbacks for ``fit``.
+        strategy: the strategy to train under; made from ``config.strategy`` when None (make
+            it first thing in a program that loads networks, before any other TensorFlow work).
 
     Returns:
         The trained student, the training history and the validations.
     """
-    strategy = make_strategy(config.strategy)
+    strategy = strategy if strategy is not None else make_strategy(config.strategy)
     if student is not None:
         student = in_scope(strategy, student)
     with strategy.scope():

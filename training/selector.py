@@ -231,6 +231,7 @@ class HeldOutEvaluator:
 def train_selector(features: Mapping, train: SelectorPairs, held_out: SelectorPairs | None,
                    config: SelectorTrainingConfig, output_dir: str | None = None, *,
                    selector: SelectorNetwork | None = None, callbacks=(),
+                   strategy: tf.distribute.Strategy | None = None,
                    verbose="auto") -> TrainingResult:
     """Trains the selector with ``Model.fit`` on class-balanced samples of ``train``.
 
@@ -243,8 +244,10 @@ def train_selector(features: Mapping, train: SelectorPairs, held_out: SelectorPa
         output_dir: backups, checkpoints, logs and ``selector.keras``; reruns resume.
         selector: continue training this selector instead of a new one.
         callbacks: more Keras callbacks for ``fit``.
+        strategy: the strategy to train under; made from ``config.strategy`` when None (make
+            it first thing in a program that loads networks, before any other TensorFlow work).
     """
-    strategy = make_strategy(config.strategy)
+    strategy = strategy if strategy is not None else make_strategy(config.strategy)
     if selector is not None:
         selector = in_scope(strategy, selector)
     with strategy.scope():

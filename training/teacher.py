@@ -22,6 +22,7 @@ import os
 from typing import Mapping, Sequence
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from dns_tf.data.pipelines import triplet_dataset
@@ -96,6 +97,7 @@ def train_teacher(features: Mapping, triplets: Sequence[tuple[str, str, str]],
                   config: TeacherTrainingConfig, output_dir: str | None = None, *,
                   teacher: ViSiLTeacher | None = None,
                   validation: tuple[object, Mapping] | None = None, callbacks=(),
+                  strategy: tf.distribute.Strategy | None = None,
                   verbose="auto") -> TrainingResult:
     """Trains a ViSiL teacher with the triplet loss.
 
@@ -106,9 +108,9 @@ def train_teacher(features: Mapping, triplets: Sequence[tuple[str, str, str]],
         output_dir: backups, checkpoints, logs and ``teacher.keras``; reruns resume.
         teacher: continue training this teacher (e.g. the converted ``visil.pth``) instead of a
             new one.
-        validation, callbacks: as in :func:`training.distill.train_student`.
+        validation, callbacks, strategy: as in :func:`training.distill.train_student`.
     """
-    strategy = make_strategy(config.strategy)
+    strategy = strategy if strategy is not None else make_strategy(config.strategy)
     if teacher is not None:
         teacher = in_scope(strategy, teacher)
     with strategy.scope():

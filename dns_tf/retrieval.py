@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from typing import Protocol, Sequence
 
@@ -143,22 +142,6 @@ def fine_kind_of(fine_student) -> str:
     return "bits" if fine_student.kind == "binarization" else "float16"
 
 
-def _load_network(path: str, expected: type, what: str):
-    """A network of class ``expected`` from a ``.keras`` file or an official ``.pth`` file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what}: {path}: no such file")
-    if path.endswith(".keras"):
-        from dns_tf.models import load_model
-        network = load_model(path)
-    else:
-        from dns_tf.convert import load_official
-        network = load_official(path)
-    if not isinstance(network, expected):
-        raise ValueError(f"{what}: {path} holds a {type(network).__name__}, expected a "
-                         f"{expected.__name__}")
-    return network
-
-
 class LocalBackend:
     """The three DnS networks in this process.
 
@@ -176,11 +159,12 @@ class LocalBackend:
     @classmethod
     def from_files(cls, coarse: str, fine: str, selector: str, **kwargs) -> "LocalBackend":
         """Loads the three networks from ``.keras`` files or official ``.pth`` checkpoints."""
+        from dns_tf.convert import load_network
         from dns_tf.models import CoarseGrainedStudent, FineGrainedStudent, SelectorNetwork
 
-        return cls(_load_network(coarse, CoarseGrainedStudent, "coarse student"),
-                   _load_network(fine, FineGrainedStudent, "fine student"),
-                   _load_network(selector, SelectorNetwork, "selector"), **kwargs)
+        return cls(load_network(coarse, CoarseGrainedStudent, "coarse student"),
+                   load_network(fine, FineGrainedStudent, "fine student"),
+                   load_network(selector, SelectorNetwork, "selector"), **kwargs)
 
     def __init__(self, coarse_student, fine_student, selector, batch_size: int = 64):
         from dns_tf.similarity_fast import FastFineSimilarity

@@ -62,7 +62,6 @@ import pathlib
 import shutil
 from collections.abc import Mapping
 
-import numpy as np
 import tensorflow as tf
 
 from dns_tf.similarity_fast import MIN_FRAMES
@@ -391,24 +390,3 @@ def export_models(base: str | os.PathLike, coarse, fine, selector, *, teacher=No
     batching.write_text(BATCHING_PARAMETERS % {"threads": os.cpu_count() or 1}, encoding="utf-8")
     return ExportResult(version, written, models_config, batching)
 
-
-def load_network(path: str | os.PathLike, expected: type, what: str):
-    """A Keras network from a ``.keras`` file or an official ``.pth``/``.npz`` checkpoint.
-
-    Raises:
-        ValueError: the file holds another network than ``expected``; the message names ``what``.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what}: {path}: no such file")
-    if path.endswith(".keras"):
-        from dns_tf.models import load_model
-        network = load_model(path)
-    else:
-        from dns_tf.convert import load_official
-        network = load_official(path)
-    if not isinstance(network, expected):
-        found = type(network).__name__ if not isinstance(network, (dict, np.ndarray)) else (
-            "PCA/ITQ arrays")
-        raise ValueError(f"{what}: {path} holds a {found}, expected a {expected.__name__}")
-    return network

@@ -62,8 +62,9 @@ def run(args) -> int:
     if config.pca and not config.features:
         args.parser.error("--pca belongs to the feature extractor: give --features as well")
 
+    from dns_tf.convert import load_network
     from dns_tf.models import CoarseGrainedStudent, FineGrainedStudent, SelectorNetwork, ViSiLTeacher
-    from serving.export import export_models, load_network
+    from serving.export import export_models
 
     try:
         coarse = load_network(config.coarse, CoarseGrainedStudent, "--coarse")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from dns_tf.convert import (CheckpointFormatError, CheckpointMismatchError, UnsafeCheckpointError,
-                            detect_kind, load_official, load_torch_file, model_from_state_dict,
-                            read_checkpoint)
+                            detect_kind, load_network, load_official, load_torch_file,
+                            model_from_state_dict, read_checkpoint)
 from dns_tf.convert.official import split_checkpoint
 
 
@@ -118,6 +118,24 @@ def test_coarse_sizes_inferred_and_heads_from_args(checkpoints):
     assert attention.num_heads == 4 and model.netvlad_outdims == 128
     with pytest.raises(CheckpointMismatchError, match="not divisible by 3 heads"):
         model_from_state_dict(state, {"transformer_heads": 3})
+
+
+def test_load_network_checks_the_kind(checkpoints, tmp_path):
+    from dns_tf.models import CoarseGrainedStudent, SelectorNetwork
+    with pytest.raises(ValueError, match="--coarse: .*selector.pth holds a SelectorNetwork, "
+                                         "expected a CoarseGrainedStudent"):
+        load_network(checkpoints / "selector.pth", CoarseGrainedStudent, "--coarse")
+    with pytest.raises(ValueError, match="PCA/ITQ arrays"):
+        load_network(checkpoints / "pca_resnet50.npz", SelectorNetwork, "--selector")
+    with pytest.raises(FileNotFoundError, match="--selector: .*missing.pth"):
+        load_network(checkpoints / "missing.pth", SelectorNetwork, "--selector")
+    # Without a class any DnS network will do, from either format; arrays still will not.
+    selector = load_network(checkpoints / "selector.pth")
+    selector.save(tmp_path / "selector.keras")
+    assert isinstance(load_network(tmp_path / "selector.keras", what="--model"), SelectorNetwork)
+    with pytest.raises(ValueError, match="--model: .*itq_resnet50W.pth holds a "
+                                         "PCA/ITQ arrays, expected a CoarseGrainedStudent or"):
+        load_network(checkpoints / "itq_resnet50W.pth", what="--model")
 
 
 def test_convert_cli_writes_a_loadable_keras_file(checkpoints, parity, tmp_path):

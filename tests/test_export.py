@@ -14,8 +14,8 @@ from dns_tf.features.extractor import FeatureExtractor
 from dns_tf.index.fine_store import pack_bits, unpack_bits
 from export_fixtures import load_networks
 from serving.batching import read_batching_parameters
-from serving.export import (BATCHING_PARAMETERS_FILE, export_models, load_network, next_version,
-                            pack_codes, unpack_codes)
+from serving.export import (BATCHING_PARAMETERS_FILE, export_models, next_version, pack_codes,
+                            unpack_codes)
 from serving.model_config import (MODELS_CONFIG_FILE, read_model_server_config,
                                   resolve_servable_models)
 
@@ -244,17 +244,6 @@ def test_export_refuses_to_overwrite_and_mismatched_extractor(tmp_path, networks
     with pytest.raises(ValueError, match="3840-d regions, the students take 512-d"):
         unwhitened = FeatureExtractor(extractor.backbone)
         export_models(tmp_path, coarse, fine, selector, extractor=unwhitened)
-
-
-def test_load_network_checks_the_kind(checkpoints):
-    from dns_tf.models import CoarseGrainedStudent, SelectorNetwork
-    with pytest.raises(ValueError, match="--coarse: .*selector.pth holds a SelectorNetwork, "
-                                         "expected a CoarseGrainedStudent"):
-        load_network(checkpoints / "selector.pth", CoarseGrainedStudent, "--coarse")
-    with pytest.raises(ValueError, match="PCA/ITQ arrays"):
-        load_network(checkpoints / "pca_resnet50.npz", SelectorNetwork, "--selector")
-    with pytest.raises(FileNotFoundError, match="--selector: .*missing.pth"):
-        load_network(checkpoints / "missing.pth", SelectorNetwork, "--selector")
 
 
 def test_export_command(tmp_path, checkpoints, networks, capsys):

@@ -8,6 +8,7 @@ import importlib
 _EXPORTS = {
     "CheckpointMismatchError": "dns_tf.convert.official",
     "detect_kind": "dns_tf.convert.official",
+    "load_network": "dns_tf.convert.official",
     "load_official": "dns_tf.convert.official",
     "model_from_state_dict": "dns_tf.convert.official",
     "read_checkpoint": "dns_tf.convert.official",

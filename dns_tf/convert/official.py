@@ -15,7 +15,8 @@ from typing import Any, Callable
 import numpy as np
 
 from dns_tf.convert.torch_pickle import CheckpointFormatError, load_torch_file
-from dns_tf.models import CoarseGrainedStudent, FineGrainedStudent, SelectorNetwork, ViSiLTeacher
+from dns_tf.models import (CoarseGrainedStudent, FineGrainedStudent, SelectorNetwork, ViSiLTeacher,
+                           load_model)
 
 # Bookkeeping tensors with no counterpart in Keras.
 _IGNORED_SUFFIXES = ("num_batches_tracked",)
@@ -283,3 +284,33 @@ def load_official(path: str | os.PathLike):
     if kind == "pca":
         return {key: np.asarray(state[key]) for key in ("mean", "V", "d")}
     return model_from_state_dict(state, args, kind, source=path)
+
+
+_NETWORKS = (CoarseGrainedStudent, FineGrainedStudent, SelectorNetwork, ViSiLTeacher)
+
+
+def load_network(path: str | os.PathLike, expected: type | tuple[type, ...] | None = None,
+                 what: str = "network"):
+    """A Keras network from a ``.keras`` file or an official ``.pth``/``.npz`` checkpoint.
+
+    Args:
+        path: the file.
+        expected: the network class (or classes) the caller needs; None takes any DnS network.
+        what: how error messages name the file, e.g. the flag it came from (``--coarse``).
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        ValueError: the file holds another network than ``expected`` (or PCA/ITQ arrays).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what}: {path}: no such file")
+    network = load_model(path) if path.endswith(".keras") else load_official(path)
+    expected = _NETWORKS if expected is None else expected
+    if not isinstance(network, expected):
+        found = ("PCA/ITQ arrays" if isinstance(network, (dict, np.ndarray))
+                 else type(network).__name__)
+        names = " or ".join(cls.__name__ for cls in (
+            expected if isinstance(expected, tuple) else (expected,)))
+        raise ValueError(f"{what}: {path} holds a {found}, expected a {names}")
+    return network

@@ -14,10 +14,11 @@ import time
 
 import numpy as np
 
+from dns_tf.data.padding import padded_batch_from_arrays
 from dns_tf.evaluation.datasets import FIVR
 from dns_tf.evaluation.similarities import SimilarityMatrix
 from dns_tf.evaluation.sweep import Cost, dns_sweep, format_table, plot_sweep
-from dns_tf.retrieval import DnSRetriever, SearchConfig, pad_videos
+from dns_tf.retrieval import DnSRetriever, SearchConfig
 
 SELECTOR_BYTES = 4  # one float32 self-similarity score per video
 
@@ -46,7 +47,7 @@ def build_index(path: pathlib.Path, backend, features, database, batch: int = 8)
     todo = [video_id for video_id in database if video_id not in index]
     for start in range(0, len(todo), batch):
         chosen = todo[start:start + batch]
-        videos, mask = pad_videos([features[v] for v in chosen])
+        videos, mask = padded_batch_from_arrays([features[v] for v in chosen])
         indexed = backend.index(videos, mask)
         index.add_many(chosen, indexed.coarse, indexed.fine, indexed.selector)
     return index

@@ -126,17 +126,6 @@ class Backend(Protocol):
     def selector_scores(self, mlp_input: np.ndarray) -> np.ndarray: ...
 
 
-def pad_videos(videos: Sequence[np.ndarray], dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
-    """Pads videos ``[T_i, ...]`` into ``[N, max T, ...]`` with a ``[N, max T]`` frame mask."""
-    length = max(len(v) for v in videos)
-    padded = np.zeros((len(videos), length, *videos[0].shape[1:]), dtype)
-    mask = np.zeros((len(videos), length), np.float32)
-    for i, video in enumerate(videos):
-        padded[i, :len(video)] = video
-        mask[i, :len(video)] = 1.0
-    return padded, mask
-
-
 def fine_kind_of(fine_student) -> str:
     """How an index stores a fine student's representations."""
     return "bits" if fine_student.kind == "binarization" else "float16"

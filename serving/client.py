@@ -35,7 +35,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
-from dns_tf.retrieval import IndexedVideos, pad_videos
+from dns_tf.data.padding import padded_batch_from_arrays
+from dns_tf.retrieval import IndexedVideos
 from serving.config import ClientConfig
 from serving.export import DNS_MODEL, FEATURES_MODEL, TEACHER_MODEL
 
@@ -383,8 +384,8 @@ class RemoteTeacher(_RemoteModel):
         scores = []
         for start in range(0, len(queries), self.pairs_per_request):
             stop = start + self.pairs_per_request
-            query, query_mask = pad_videos(queries[start:stop])
-            target, target_mask = pad_videos(targets[start:stop])
+            query, query_mask = padded_batch_from_arrays(queries[start:stop])
+            target, target_mask = padded_batch_from_arrays(targets[start:stop])
             outputs = self.predict("similarity", query=query,
                                    query_length=_lengths_of(query_mask), target=target,
                                    target_length=_lengths_of(target_mask))

@@ -22,6 +22,7 @@ BENCHMARKS = (
     "extract",
     "similarity",
     "serve",
+    "train",
 )
 
 

@@ -11,10 +11,11 @@ and ignored.
 from __future__ import annotations
 
 import os
-import pathlib
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
 from google.protobuf.message import Message
+
+from serving.model_config import read_text_proto
 
 _FIELDS = (  # name, number, type: as in tensorflow_serving/servables/tensorflow/session_bundle_config.proto
     ("max_batch_size", 1, ".google.protobuf.Int64Value"),
@@ -57,15 +58,5 @@ BatchingParameters = _batching_parameters_class()
 
 def read_batching_parameters(path: str | os.PathLike) -> Message:
     """Parses a ``BatchingParameters`` text proto, e.g. ``max_batch_size { value: 32 }``."""
-    path = pathlib.Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise FileNotFoundError(f"cannot read batching parameters file {path}: {error}") from error
-    parameters = BatchingParameters()
-    try:
-        text_format.Parse(text, parameters, allow_unknown_field=True)
-    except text_format.ParseError as error:
-        raise ValueError(
-            f"{path}: not a valid tensorflow.serving.BatchingParameters text proto: {error}") from error
-    return parameters
+    return read_text_proto(path, BatchingParameters(), "batching parameters file",
+                           allow_unknown_field=True)

@@ -28,6 +28,7 @@ import pathlib
 from collections.abc import Mapping
 
 from google.protobuf import text_format
+from google.protobuf.message import Message
 from tensorflow_serving.config import model_server_config_pb2
 
 SAVED_MODEL_FILENAMES = ("saved_model.pb", "saved_model.pbtxt")
@@ -55,20 +56,31 @@ class ServableModel:
         return self.base_path / str(version)
 
 
-def read_model_server_config(path: str | os.PathLike) -> model_server_config_pb2.ModelServerConfig:
-    """Parses a ``models.config`` text proto into a ``ModelServerConfig``."""
+def read_text_proto(path: str | os.PathLike, message: Message, what: str,
+                    allow_unknown_field: bool = False) -> Message:
+    """Parses the text proto at ``path`` into ``message`` (returned).
+
+    Raises:
+        FileNotFoundError: ``path`` cannot be read; the message names ``what`` (``model config
+            file``) and the file.
+        ValueError: the text is not a valid ``message``; the message names the file and the type.
+    """
     path = pathlib.Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
-        raise FileNotFoundError(f"cannot read model config file {path}: {error}") from error
-    config = model_server_config_pb2.ModelServerConfig()
+        raise FileNotFoundError(f"cannot read {what} {path}: {error}") from error
     try:
-        text_format.Parse(text, config)
+        text_format.Parse(text, message, allow_unknown_field=allow_unknown_field)
     except text_format.ParseError as error:
-        raise ValueError(
-            f"{path}: not a valid tensorflow.serving.ModelServerConfig text proto: {error}") from error
-    return config
+        raise ValueError(f"{path}: not a valid {message.DESCRIPTOR.full_name} text proto: "
+                         f"{error}") from error
+    return message
+
+
+def read_model_server_config(path: str | os.PathLike) -> model_server_config_pb2.ModelServerConfig:
+    """Parses a ``models.config`` text proto into a ``ModelServerConfig``."""
+    return read_text_proto(path, model_server_config_pb2.ModelServerConfig(), "model config file")
 
 
 def single_model_config(name: str, base_path: str | os.PathLike) -> model_server_config_pb2.ModelServerConfig:

@@ -147,7 +147,9 @@ def evaluate_demo(root: pathlib.Path, collection, teacher, teacher_features, stu
         f"({frames.mean():.1f} frames on average). Accuracy: FIVR DSVR mAP. Time: search per "
         "query, query already indexed, over gRPC for S^c, S^f_A and DnS (embedded TF Serving "
         "API), in process for the teacher and S^f_B.\n\n"
-        f"{table}\n\n## DnS sweep\n\n{format_table(sweep)}\n\n![DnS sweep](dns_sweep.png)\n\n"
+        f"{table}\n\n## DnS sweep\n\nThe generated collection labels near-duplicates and duplicate scenes "
+        "only, so CSVR and ISVR equal DSVR.\n\n"
+        f"{format_table(sweep)}\n\n![DnS sweep](dns_sweep.png)\n\n"
         f"Index: {json.dumps(stats, default=str)}\n", encoding="utf-8")
     (root / "results.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
     return {"rows": rows, "table": table, "report": str(report)}

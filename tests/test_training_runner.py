@@ -19,6 +19,7 @@ from training.callbacks import resumed_epoch
 from training.config import DistillationConfig, PairsConfig
 from training.distill import train_student
 from training.pairs import global_descriptors
+from training.teacher import read_triplets
 
 DIMS = 16
 COLLECTION = SyntheticConfig(seed=0, dims=DIMS, queries=3, distractors=10, training_incidents=4,
@@ -224,3 +225,34 @@ def test_cli_explains_bad_input(tmp_path, pairs_file, capsys):
     assert main(["train", "student", *SYNTHETIC, "--dims", str(DIMS), "--pairs", other,
                  "--output", str(tmp_path / "run")]) == 2
     assert "no query has both a positive and a negative" in capsys.readouterr().err
+
+
+def test_the_released_teacher_labels_pairs(tmp_path, checkpoints, capsys):
+    """The authors' visil.pth (here the reference's 3840-d checkpoint) labels pairs as it is."""
+    synthetic = ["--synthetic", "--synthetic_dims", "3840", "--synthetic_queries", "1",
+                 "--synthetic_distractors", "2", "--synthetic_training_incidents", "1",
+                 "--synthetic_training_distractors", "3", "--synthetic_max_frames", "12"]
+    output = str(tmp_path / "pairs.pk")
+    assert main(["train", "pairs", *synthetic, "--model", str(checkpoints / "visil_teacher.pth"),
+                 "--candidates", "3", "--random_negatives", "1", "--positive_threshold", "-1",
+                 "--output", output]) == 0
+    pairs = load_pairs(output)
+    assert len(pairs.pairs) == len(pairs.index) == 12  # one cluster of 9 and 3 distractors
+    scores = [s for pools in pairs.pairs.values() for s in pools["positives"].values()]
+    assert len(scores) == 4 * 12 and all(-1.0 <= s <= 1.0 for s in scores)
+
+
+def test_triplet_files_are_read_with_clear_errors(tmp_path):
+    path = tmp_path / "triplets.txt"
+    path.write_text("# anchor positive negative\na b c\n\nd e f\n")
+    assert read_triplets(path) == [("a", "b", "c"), ("d", "e", "f")]
+    path.write_text("a b c\nd e\n")
+    with pytest.raises(ValueError, match=r"triplets.txt:2: expected 'anchor positive negative'"):
+        read_triplets(path)
+
+
+def test_train_benchmark_reports_steps_per_second(capsys):
+    assert main(["bench", "train", "--quick", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["benchmark"] == "train" and result["steps_per_s"] > 0
+    assert result["settings"]["pairs_per_step"] == 8

@@ -15,8 +15,10 @@ The whole chain on the synthetic collection::
                           --output runs/fine
     dns-tf train student  --synthetic --synthetic_dims 64 --dims 64 --pairs runs/pairs.pk \\
                           --student_type coarse-grained --output runs/coarse
-    dns-tf train pairs    ... --model runs/fine/student.keras --relabel runs/pairs.pk --output fine.pk
-    dns-tf train pairs    ... --model runs/coarse/student.keras --relabel runs/pairs.pk --output coarse.pk
+    dns-tf train pairs    ... --model runs/fine/student.keras --relabel runs/pairs.pk \
+                          --output fine.pk
+    dns-tf train pairs    ... --model runs/coarse/student.keras --relabel runs/pairs.pk \
+                          --output coarse.pk
     dns-tf train selector --synthetic --synthetic_dims 64 --dims 64 --fine_pairs fine.pk \\
                           --coarse_pairs coarse.pk --output runs/selector
 """

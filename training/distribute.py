@@ -20,7 +20,8 @@
 Multi-worker training reads the cluster from ``TF_CONFIG``; each worker runs the same command::
 
     TF_CONFIG='{"cluster": {"worker": ["host1:12345", "host2:12345"]},
-                "task": {"type": "worker", "index": 0}}' dns-tf train student ... --strategy multi_worker
+                "task": {"type": "worker", "index": 0}}' \
+        dns-tf train student ... --strategy multi_worker
 """
 
 from __future__ import annotations

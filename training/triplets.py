@@ -53,7 +53,7 @@ class TripletModel(NetworkTrainer):
                                       ops.sum(anchors * negatives, axis=-1)], axis=1)
             return similarities, ops.zeros(())
         anchor_mask = batch["anchor_mask"]
-        # Both comparisons in one comparator call: [anchors; anchors] against [positives; negatives].
+        # One comparator call for both: [anchors; anchors] against [positives; negatives].
         similarity, regularization = self.network.paired_similarity(
             ops.concatenate([anchors, anchors], axis=0),
             ops.concatenate([positives, negatives], axis=0),

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from dns_tf.bench.command import print_result
 from dns_tf.index.coarse import BruteForceSearcher, CoarseConfig, ScannSearcher
 
 _CHUNK = 65_536
@@ -120,12 +119,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--k", type=int, default=100, help="neighbours per query")
 
 
-def run(args) -> int:
+def measure(args) -> dict[str, Any]:
     sizes = dict(n=args.n, dims=args.dims, centres=args.centres, queries=args.queries,
                  exact_queries=args.exact_queries, k=args.k)
     if args.quick:  # 20x smaller, same vectors per centre
         quick_n = min(args.n, 50_000)
         sizes.update(n=quick_n, centres=max(1, args.centres * quick_n // args.n),
                      queries=min(args.queries, 200))
-    print_result(run_coarse_benchmark(**sizes), args.json)
-    return 0
+    return run_coarse_benchmark(**sizes)

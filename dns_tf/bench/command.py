@@ -2,7 +2,7 @@
 
 Each benchmark is a module ``dns_tf.bench.<NAME>`` with
 
-* ``run(args) -> int``: runs it and prints its result (use :func:`print_result`);
+* ``measure(args) -> dict``: runs it and returns what it measured (the command prints it);
 * optionally ``add_arguments(parser)``: its own flags (``--n`` ...), next to the common ``--json``
   (print one JSON object) and ``--quick`` (a small run for smoke tests).
 
@@ -13,6 +13,7 @@ is built, so keep heavy imports (TensorFlow, ScaNN) inside ``run``.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 from typing import Any
@@ -23,6 +24,7 @@ BENCHMARKS = (
     "similarity",
     "serve",
     "train",
+    "all",
 )
 
 
@@ -39,7 +41,23 @@ def register(subparsers) -> None:
         sub.add_argument("--quick", action="store_true", help="a small, fast run")
         if hasattr(module, "add_arguments"):
             module.add_arguments(sub)
-        sub.set_defaults(func=module.run)
+        sub.set_defaults(func=functools.partial(_run, module))
+
+
+def _run(module, args) -> int:
+    print_result(module.measure(args), args.json)
+    return 0
+
+
+def default_arguments(name: str, quick: bool) -> argparse.Namespace:
+    """The arguments ``dns-tf bench NAME [--quick]`` would run benchmark ``name`` with."""
+    module = importlib.import_module(f"dns_tf.bench.{name}")
+    parser = argparse.ArgumentParser(prog=f"dns-tf bench {name}")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--quick", action="store_true")
+    if hasattr(module, "add_arguments"):
+        module.add_arguments(parser)
+    return parser.parse_args(["--quick"] if quick else [])
 
 
 def print_result(result: dict[str, Any], as_json: bool) -> None:

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from dns_tf.bench.command import print_result
 
 _SOURCE_FPS = 25
 
@@ -87,7 +86,7 @@ def _extractor(resnet: str | None):
     return FeatureExtractor(resnet50_torchvision(), whitening=whitening)
 
 
-def run(args) -> int:
+def measure(args) -> dict[str, Any]:
     import tensorflow as tf
 
     batches = 1 if args.quick else args.batches
@@ -103,5 +102,4 @@ def run(args) -> int:
                                               5.0 if args.quick else args.seconds, args.video_size)
         result["video"] = args.video or f"synthetic H.264 {args.video_size} {_SOURCE_FPS} fps"
         result.update(measure_decode(video))
-    print_result(result, args.json)
-    return 0
+    return result

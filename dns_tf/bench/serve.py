@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from dns_tf.bench.command import print_result
 
 CLIENTS = (1, 4, 16)
 TARGET_RATIO = 0.8
@@ -192,11 +191,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-workers", type=int, default=None, help="server gRPC threads")
 
 
-def run(args) -> int:
+def measure(args) -> dict[str, Any]:
     settings = dict(frames=args.frames, targets=args.targets, seconds=args.seconds,
                     rounds=args.rounds, fine=args.fine, max_workers=args.max_workers)
     if args.quick:
         settings.update(frames=min(args.frames, 16), targets=min(args.targets, 8),
                         seconds=min(args.seconds, 2.0), rounds=min(args.rounds, 2))
-    print_result(run_serve_benchmark(**settings), args.json)
-    return 0
+    return run_serve_benchmark(**settings)

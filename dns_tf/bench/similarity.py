@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from dns_tf.bench.command import print_result
 
 REGIONS = 9
 
@@ -123,12 +122,10 @@ def add_arguments(parser) -> None:
                         help="also time the Keras calculate_video_similarity on padded batches")
 
 
-def run(args) -> int:
+def measure(args) -> dict[str, Any]:
     sizes = dict(frames=args.frames, targets=args.targets, repeats=args.repeats)
     if args.quick:
         sizes.update(targets=min(args.targets, 32), repeats=1)
-    print_result(run_similarity_benchmark(kinds=tuple(args.students), dims=args.dims,
-                                          batch_size=args.batch_size, workers=args.workers,
-                                          baseline=args.baseline,
-                                          **sizes), args.json)
-    return 0
+    return run_similarity_benchmark(kinds=tuple(args.students), dims=args.dims,
+                                    batch_size=args.batch_size, workers=args.workers,
+                                    baseline=args.baseline, **sizes)

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from dns_tf.bench.command import print_result
 
 REGIONS = 9
 
@@ -81,10 +80,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (tracing)")
 
 
-def run(args) -> int:
+def measure(args) -> dict[str, Any]:
     sizes = dict(pairs=args.pairs, frames=args.frames, dims=args.dims, steps=args.steps,
                  warmup=args.warmup)
     if args.quick:
         sizes.update(pairs=8, frames=20, dims=64, steps=3, warmup=1)
-    print_result(run_train_benchmark(**sizes), args.json)
-    return 0
+    return run_train_benchmark(**sizes)

@@ -1,7 +1,6 @@
 """Reading the authors' checkpoints: safety first, then faithful conversion."""
 
 import io
-import os
 import pickle
 import subprocess
 import sys
@@ -14,16 +13,7 @@ from dns_tf.convert import (CheckpointFormatError, CheckpointMismatchError, Unsa
                             detect_kind, load_network, load_official, load_torch_file,
                             model_from_state_dict, read_checkpoint)
 from dns_tf.convert.official import split_checkpoint
-
-
-class _Exploit:
-    """Unpickling this would run a shell command creating ``marker``."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
+from pickle_exploit import ShellExploit
 
 
 def _torch_style_zip(path, payload: bytes, top="archive"):
@@ -36,7 +26,7 @@ def _torch_style_zip(path, payload: bytes, top="archive"):
 def test_malicious_pickle_is_refused_before_running(tmp_path):
     marker = tmp_path / "pwned"
     checkpoint = tmp_path / "evil.pth"
-    _torch_style_zip(checkpoint, pickle.dumps({"model": _Exploit(marker)}, protocol=2))
+    _torch_style_zip(checkpoint, pickle.dumps({"model": ShellExploit(marker)}, protocol=2))
     with pytest.raises(UnsafeCheckpointError, match=r"posix\.system|os\.system"):
         load_torch_file(checkpoint)
     assert not marker.exists()

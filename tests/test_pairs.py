@@ -8,6 +8,7 @@ import pytest
 
 from dns_tf.data.pairs import (PairsFormatError, TeacherPairs, UnsafePairsError, load_pairs,
                                merge_pairs, save_pairs)
+from pickle_exploit import ShellExploit
 
 INDEX = ["vid_a", "vid_b", "vid_c", "vid_d"]
 PAIRS = {0: {"positives": {1: 0.8, 2: 0.4}, "negatives": {3: -0.25}},
@@ -51,18 +52,10 @@ def test_loads_pickles_written_by_numpy_1(tmp_path):
     assert load_pairs(path).pairs[0]["positives"] == {1: 0.5}
 
 
-class _Exploit:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
 def test_refuses_code_in_the_pickle_before_running_it(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pk"
-    path.write_bytes(pickle.dumps({"index": INDEX, "pairs": {0: _Exploit(marker)}}))
+    path.write_bytes(pickle.dumps({"index": INDEX, "pairs": {0: ShellExploit(marker)}}))
     with pytest.raises(UnsafePairsError, match=r"evil\.pk.*(posix|os)\.system"):
         load_pairs(path)
     assert not marker.exists()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from concurrent import futures
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -341,3 +342,41 @@ class DatabaseScores:
     selector: np.ndarray
     available: np.ndarray
     seconds_per_query: dict[str, float]
+
+
+class ShardedRetriever:
+    """DnS search over a collection split across several indexes (shards).
+
+    A collection too large for one disk or one machine is indexed into shards (each a
+    :class:`VideoIndex`, e.g. videos assigned by a hash of their id). The query is indexed once,
+    every shard answers it in its own thread, and the hits are merged by score. Coarse-only and
+    fine-only rankings equal those of one index holding every video. In DnS mode each shard routes
+    its own top ``percentage`` of candidates (or its own ``budget``) to the fine student, so with
+    shards of similar size the share re-ranked matches one index's.
+
+    Args:
+        retrievers: one :class:`DnSRetriever` per shard, sharing the same networks.
+    """
+
+    def __init__(self, retrievers: Sequence[DnSRetriever]):
+        if not retrievers:
+            raise ValueError("a sharded retriever needs at least one shard")
+        self.retrievers = list(retrievers)
+
+    def search(self, features: np.ndarray, config: SearchConfig | None = None) -> Ranking:
+        """Searches every shard with one query video's region features ``[T, R, D]``."""
+        return self.search_indexed(self.retrievers[0].index_query(features), 0, config)
+
+    def search_indexed(self, query: IndexedVideos, row: int = 0,
+                       config: SearchConfig | None = None) -> Ranking:
+        config = config or self.retrievers[0].config
+        with futures.ThreadPoolExecutor(len(self.retrievers)) as pool:
+            rankings = list(pool.map(lambda shard: shard.search_indexed(query, row, config),
+                                     self.retrievers))
+        hits = sorted((hit for ranking in rankings for hit in ranking.hits),
+                      key=lambda hit: -hit.score)[:config.top]
+        # Shards run side by side: a stage takes as long as its slowest shard.
+        seconds = {stage: max(r.seconds.get(stage, 0.0) for r in rankings)
+                   for stage in {stage for r in rankings for stage in r.seconds}}
+        return Ranking(hits, sum(r.num_candidates for r in rankings),
+                       sum(r.num_reranked for r in rankings), seconds)

@@ -29,6 +29,40 @@ from dns_tf.models import CoarseGrainedStudent
 from dns_tf.models.fine_grained import FineGrainedSimilarityModel
 
 
+#: Videos read together and sorted by length before batching (a bound on memory).
+_READ_CHUNK_BATCHES = 8
+
+
+def read_video(features: Mapping, video_id: str, max_frames: int | None = None) -> np.ndarray:
+    """Region features of one video as float32 ``[T, R, D]``, cut to ``max_frames``."""
+    try:
+        video = np.asarray(features[video_id], dtype=np.float32)
+    except KeyError:
+        raise KeyError(f"video {video_id!r} is not in the features") from None
+    if video.ndim != 3 or len(video) == 0:
+        raise ValueError(f"video {video_id!r} has shape {video.shape}, expected [T, R, D] with "
+                         "T >= 1")
+    return truncate(video, max_frames)
+
+
+def length_batches(features: Mapping, video_ids: Sequence[str], batch_size: int,
+                   max_frames: int | None = None):
+    """Yields ``(ids, videos [B, T, R, D], mask [B, T])`` over ``video_ids``, each video read once.
+
+    Videos are read a few batches at a time and batched by similar length within those, so little
+    work goes to padding and memory stays bounded.
+    """
+    chunk = batch_size * _READ_CHUNK_BATCHES
+    for start in range(0, len(video_ids), chunk):
+        ids = list(video_ids[start:start + chunk])
+        videos = [read_video(features, v, max_frames) for v in ids]
+        order = np.argsort([len(v) for v in videos], kind="stable")
+        for first in range(0, len(order), batch_size):
+            chosen = order[first:first + batch_size]
+            padded, mask = padded_batch_from_arrays([videos[i] for i in chosen])
+            yield [ids[i] for i in chosen], padded, mask
+
+
 class PairScorer:
     """Similarities of query videos to target videos under one network.
 
@@ -69,26 +103,12 @@ class PairScorer:
         """Forgets cached coarse vectors (after the network's weights changed)."""
         self._vectors.clear()
 
-    def video(self, video_id: str) -> np.ndarray:
-        """Region features of one video as float32 ``[T, R, D]``, cut to ``max_frames``."""
-        try:
-            video = np.asarray(self.features[video_id], dtype=np.float32)
-        except KeyError:
-            raise KeyError(f"video {video_id!r} is not in the features") from None
-        if video.ndim != 3 or len(video) == 0:
-            raise ValueError(f"video {video_id!r} has shape {video.shape}, expected [T, R, D] "
-                             "with T >= 1")
-        return truncate(video, self.max_frames)
-
     def vectors(self, video_ids: Sequence[str]) -> np.ndarray:
         """Coarse student only: the unit vectors ``[N, Dc]`` of ``video_ids``."""
         missing = [v for v in dict.fromkeys(video_ids) if v not in self._vectors]
-        missing.sort(key=lambda v: len(self.features[v]))
-        for start in range(0, len(missing), self.batch_size):
-            chosen = missing[start:start + self.batch_size]
-            videos, mask = padded_batch_from_arrays([self.video(v) for v in chosen])
-            for video_id, vector in zip(chosen, np.asarray(self._index(videos, mask))):
-                self._vectors[video_id] = vector
+        for ids, videos, mask in length_batches(self.features, missing, self.batch_size,
+                                                self.max_frames):
+            self._vectors.update(zip(ids, np.asarray(self._index(videos, mask))))
         return np.stack([self._vectors[v] for v in video_ids])
 
     def score(self, query_id: str, target_ids: Sequence[str]) -> np.ndarray:
@@ -97,17 +117,13 @@ class PairScorer:
             return np.zeros((0,), np.float32)
         if self.coarse:
             return self.vectors(target_ids) @ self.vectors([query_id])[0]
-        query = self.video(query_id)[None]
+        query = read_video(self.features, query_id, self.max_frames)[None]
         query_mask = np.ones(query.shape[:2], np.float32)
-        # Similar lengths together keep padding, and so wasted work, small.
-        targets = [self.video(v) for v in target_ids]
-        order = np.argsort([len(t) for t in targets], kind="stable")
-        scores = np.empty(len(targets), np.float32)
-        for start in range(0, len(order), self.batch_size):
-            chosen = order[start:start + self.batch_size]
-            videos, mask = padded_batch_from_arrays([targets[i] for i in chosen])
-            scores[chosen] = np.asarray(self._compare(query, query_mask, videos, mask))
-        return scores
+        scores = dict.fromkeys(target_ids, 0.0)
+        for ids, videos, mask in length_batches(self.features, list(scores), self.batch_size,
+                                                self.max_frames):
+            scores.update(zip(ids, np.asarray(self._compare(query, query_mask, videos, mask))))
+        return np.array([scores[v] for v in target_ids], np.float32)
 
     def matrix(self, queries: Sequence[str], database: Sequence[str]) -> np.ndarray:
         """Similarities ``[len(queries), len(database)]`` float32."""

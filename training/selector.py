@@ -28,14 +28,13 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from dns_tf.data.augment import truncate
-from dns_tf.data.padding import padded_batch_from_arrays
 from dns_tf.data.pairs import POOLS, TeacherPairs
 from dns_tf.data.pipelines import selector_dataset
 from dns_tf.models import SelectorNetwork
 from training.config import SelectorTrainingConfig
 from training.distribute import make_strategy
 from training.runner import TrainingResult, fit_network, in_scope
+from training.scoring import length_batches
 from training.trainer import NetworkTrainer
 
 SELECTOR_FILE = "selector.keras"
@@ -163,14 +162,10 @@ class SelectorScorer:
 
     def video_scores(self, video_ids: Sequence[str]) -> dict[str, float]:
         """Each video's self-similarity score, as an index stores it."""
-        ids = sorted(set(video_ids), key=lambda v: len(self.features[v]))
         scores = {}
-        for start in range(0, len(ids), self.batch_size):
-            chosen = ids[start:start + self.batch_size]
-            videos, mask = padded_batch_from_arrays(
-                [truncate(np.asarray(self.features[v], np.float32), self.max_frames)
-                 for v in chosen])
-            scores.update(zip(chosen, np.asarray(self._index(videos, mask))[:, 0].tolist()))
+        for ids, videos, mask in length_batches(self.features, list(dict.fromkeys(video_ids)),
+                                                self.batch_size, self.max_frames):
+            scores.update(zip(ids, np.asarray(self._index(videos, mask))[:, 0].tolist()))
         return scores
 
     def probabilities(self, pairs: SelectorPairs) -> np.ndarray:

@@ -140,16 +140,6 @@ def _features(args, stack: contextlib.ExitStack):
     return stack.enter_context(open_features(args.features)), None
 
 
-def _load_network(path: str):
-    from dns_tf.convert import load_official
-    from dns_tf.models import load_model
-
-    network = load_official(path) if path.endswith(".pth") else load_model(path)
-    if not hasattr(network, "index_video"):
-        raise ValueError(f"{path}: holds a {type(network).__name__}, not a network")
-    return network
-
-
 def _validation(args, collection, stack):
     """``(benchmark, features)`` to validate on, or None."""
     if collection is not None:
@@ -173,6 +163,7 @@ def _report(name: str, result) -> None:
 
 
 def run_teacher(config: TeacherTrainingConfig, args, stack) -> int:
+    from dns_tf.convert import load_network
     from training.distribute import make_strategy
     from training.teacher import read_triplets, train_teacher
 
@@ -185,7 +176,7 @@ def run_teacher(config: TeacherTrainingConfig, args, stack) -> int:
     else:
         raise ValueError("--features needs --triplets (labelled training triplets)")
     validation = _validation(args, collection, stack) if config.validate_every else None
-    teacher = _load_network(args.init) if args.init else None
+    teacher = load_network(args.init, what="--init") if args.init else None
     result = train_teacher(features, triplets, config, args.output, teacher=teacher,
                            validation=validation, strategy=strategy, verbose=args.verbose)
     _report("teacher", result)
@@ -193,6 +184,7 @@ def run_teacher(config: TeacherTrainingConfig, args, stack) -> int:
 
 
 def run_pairs(config: PairsConfig, args, stack) -> int:
+    from dns_tf.convert import load_network
     from dns_tf.data.pairs import load_pairs, merge_pairs, save_pairs
     from training.pairs import label_pairs, relabel_pairs
 
@@ -202,7 +194,7 @@ def run_pairs(config: PairsConfig, args, stack) -> int:
         if not args.model:
             raise ValueError("--model is required to label pairs")
         features, collection = _features(args, stack)
-        model = _load_network(args.model)
+        model = load_network(args.model, what="--model")
         if args.relabel:
             pairs = relabel_pairs(model, features, load_pairs(args.relabel), config)
         else:
@@ -217,6 +209,7 @@ def run_pairs(config: PairsConfig, args, stack) -> int:
 
 
 def run_student(config: DistillationConfig, args, stack) -> int:
+    from dns_tf.convert import load_network
     from dns_tf.data.pairs import load_pairs
     from training.distill import train_student
     from training.distribute import make_strategy
@@ -225,7 +218,7 @@ def run_student(config: DistillationConfig, args, stack) -> int:
     features, collection = _features(args, stack)
     pairs = load_pairs(args.pairs)
     validation = _validation(args, collection, stack) if config.validate_every else None
-    student = _load_network(args.init) if args.init else None
+    student = load_network(args.init, what="--init") if args.init else None
     result = train_student(features, pairs, config, args.output, student=student,
                            validation=validation, strategy=strategy, verbose=args.verbose)
     _report("student", result)

@@ -69,7 +69,7 @@ def run(args) -> int:
     return 0
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
     print(f"[dns-tf demo] {message}", file=sys.stderr, flush=True)
 
 
@@ -89,7 +89,7 @@ class Demo:
         made = {}
         for split, seed, queries in (("train", self.config.seed + 1, self.config.train_queries),
                                      ("eval", self.config.seed, self.config.eval_queries)):
-            _say(f"{split} collection: {queries} queries, {self.config.distractors} distractors")
+            say(f"{split} collection: {queries} queries, {self.config.distractors} distractors")
             made[split] = generate_collection(
                 self.root / "videos" / split,
                 CollectionConfig(seed=seed, num_queries=queries,
@@ -119,7 +119,7 @@ class Demo:
                 videos = [(video_id, str(p)) for video_id, p in collection.paths().items()]
                 if any(video_id not in writer for video_id, _ in videos) and extractor is None:
                     resnet = self._resnet()
-                    _say(f"feature extractor: ResNet50 from {resnet or 'keras.applications'}")
+                    say(f"feature extractor: ResNet50 from {resnet or 'keras.applications'}")
                     extractor = (FeatureExtractor.from_official(resnet) if resnet
                                  else FeatureExtractor.from_keras_applications())
                 report = extract_to_writer(extractor, videos, writer, ExtractConfig(),
@@ -127,7 +127,7 @@ class Demo:
             if report["failed"]:
                 raise RuntimeError(f"could not extract {report['failed']}")
             if report["extracted"]:
-                _say(f"{split}: {report['frames']} frames at "
+                say(f"{split}: {report['frames']} frames at "
                      f"{report['frames_per_second']:.1f} frames/s")
             paths[split] = path
         return {split: open_features(path) for split, path in paths.items()}
@@ -167,7 +167,7 @@ class Demo:
         if path.is_file():
             return load_model(path)
         triplets = labelled_triplets(collection, self.config.seed)
-        _say(f"teacher: {len(triplets)} labelled triplets, {self.config.teacher_epochs} epochs")
+        say(f"teacher: {len(triplets)} labelled triplets, {self.config.teacher_epochs} epochs")
         # A higher learning rate than ViSiL's 1e-5: the demo trains from scratch in minutes.
         config = TeacherTrainingConfig(dims=TEACHER_DIMS, epochs=self.config.teacher_epochs,
                                        seed=self.config.seed, learning_rate=1e-3)
@@ -181,7 +181,7 @@ class Demo:
 
         path = self.root / "models" / "teacher_pairs.pk"
         if not path.is_file():
-            _say("teacher labels the training videos' pairs")
+            say("teacher labels the training videos' pairs")
             pairs = label_pairs(teacher, features, PairsConfig(seed=self.config.seed),
                                 progress=self.config.progress)
             save_pairs(path, pairs.index, pairs.pairs)
@@ -208,7 +208,7 @@ class Demo:
             if path.is_file():
                 students[name] = load_model(path)
                 continue
-            _say(f"distilling {name}: {self.config.student_epochs} epochs")
+            say(f"distilling {name}: {self.config.student_epochs} epochs")
             config = DistillationConfig(epochs=self.config.student_epochs, seed=self.config.seed,
                                         **options)
             students[name] = train_student(features, pairs, config, str(path.parent),
@@ -233,7 +233,7 @@ class Demo:
             relabel_pairs(students["cg"], features, pairs, progress=self.config.progress),
             threshold=config.threshold)
         train, held_out = split_pairs(labelled, held_out_fraction=0.1, seed=self.config.seed)
-        _say(f"selector: {len(train)} pairs ({int(train.labels.sum())} to re-rank), "
+        say(f"selector: {len(train)} pairs ({int(train.labels.sum())} to re-rank), "
              f"{self.config.selector_epochs} epochs")
         return train_selector(features, train, held_out, config, str(path.parent),
                               verbose=self._verbose()).network
@@ -248,7 +248,7 @@ class Demo:
 
         base = self.root / "export"
         if not (base / MODELS_CONFIG_FILE).is_file():
-            _say("exporting SavedModels")
+            say("exporting SavedModels")
             export_models(base, students["cg"], students["fg_att"], selector, teacher=teacher)
         return base / MODELS_CONFIG_FILE
 

@@ -9,22 +9,18 @@ from __future__ import annotations
 
 import json
 import pathlib
-import sys
 import time
 
 import numpy as np
 
 from dns_tf.data.padding import padded_batch_from_arrays
+from dns_tf.demo import say
 from dns_tf.evaluation.datasets import FIVR
 from dns_tf.evaluation.similarities import SimilarityMatrix
 from dns_tf.evaluation.sweep import Cost, dns_sweep, format_table, plot_sweep
 from dns_tf.retrieval import DnSRetriever, SearchConfig
 
 SELECTOR_BYTES = 4  # one float32 self-similarity score per video
-
-
-def _say(message: str) -> None:
-    print(f"[dns-tf demo] {message}", file=sys.stderr, flush=True)
 
 
 def _kb(nbytes: float) -> float:
@@ -91,7 +87,7 @@ def evaluate_demo(root: pathlib.Path, collection, teacher, teacher_features, stu
 
     server = ModelServer(str(models_config), port=0)
     port = server.start()
-    _say(f"embedded TF Serving API on 127.0.0.1:{port}")
+    say(f"embedded TF Serving API on 127.0.0.1:{port}")
     try:
         backend = RemoteBackend(f"127.0.0.1:{port}")
         index = build_index(root / "index" / "eval", backend, features, database)

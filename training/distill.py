@@ -34,7 +34,7 @@ from dns_tf.models.losses import distillation_loss
 from training.config import DistillationConfig
 from training.distribute import make_strategy
 from training.runner import TrainingResult, fit_network, in_scope
-from training.scoring import BenchmarkEvaluator
+from training.scoring import validation_evaluator
 from training.trainer import global_sum
 from training.triplets import TripletModel, is_coarse
 
@@ -136,11 +136,7 @@ def train_student(features: Mapping, pairs: TeacherPairs, config: DistillationCo
             epochs=epochs, first_epoch=first_epoch, augment=config.augmentation,
             max_frames=config.max_frames, coarse=config.coarse, fraction=config.trainset_fraction)
 
-    validate = None
-    if validation is not None:
-        benchmark, validation_features = validation
-        validate = BenchmarkEvaluator(student, validation_features, benchmark,
-                                      max_frames=config.max_frames)
+    validate = validation_evaluator(student, validation, config.max_frames)
 
     return fit_network(distiller, dataset_for, epochs=config.epochs, strategy=strategy,
                        output_dir=output_dir, network_file=STUDENT_FILE, validate=validate,

@@ -173,6 +173,15 @@ class BenchmarkEvaluator:
         return metrics
 
 
+def validation_evaluator(model, validation: tuple | None, max_frames: int | None = None):
+    """A :class:`BenchmarkEvaluator` of ``model`` for ``validation = (benchmark, features)``;
+    None without validation data."""
+    if validation is None:
+        return None
+    benchmark, features = validation
+    return BenchmarkEvaluator(model, features, benchmark, max_frames=max_frames)
+
+
 def evaluate_model(model, features: Mapping, benchmark, batch_size: int = 32,
                    max_frames: int | None = None) -> dict[str, float]:
     """Retrieval metrics of ``model`` on a benchmark once (see :class:`BenchmarkEvaluator`)."""

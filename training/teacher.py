@@ -31,7 +31,7 @@ from dns_tf.models.losses import triplet_loss
 from training.config import TeacherTrainingConfig
 from training.distribute import make_strategy
 from training.runner import TrainingResult, fit_network, in_scope
-from training.scoring import BenchmarkEvaluator
+from training.scoring import validation_evaluator
 from training.trainer import global_sum
 from training.triplets import TripletModel, is_coarse
 
@@ -124,11 +124,7 @@ def train_teacher(features: Mapping, triplets: Sequence[tuple[str, str, str]],
                                seed=config.seed, epochs=epochs, first_epoch=first_epoch,
                                augment=config.augmentation, max_frames=config.max_frames)
 
-    validate = None
-    if validation is not None:
-        benchmark, validation_features = validation
-        validate = BenchmarkEvaluator(teacher, validation_features, benchmark,
-                                      max_frames=config.max_frames)
+    validate = validation_evaluator(teacher, validation, config.max_frames)
 
     return fit_network(trainer, dataset_for, epochs=config.epochs, strategy=strategy,
                        output_dir=output_dir, network_file=TEACHER_FILE, validate=validate,

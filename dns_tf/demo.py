@@ -45,7 +45,7 @@ class DemoConfig:
     seconds: float = field(12.0, "length of a source video in seconds")
     teacher_epochs: int = field(15, "epochs of teacher training")
     student_epochs: int = field(100, "epochs of distillation (one pair per anchor per epoch)")
-    selector_epochs: int = field(60, "epochs of selector training")
+    selector_epochs: int = field(20, "epochs of selector training")
     percentages: tuple[float, ...] = field((5.0, 10.0, 25.0, 50.0),
                                            "DnS operating points: % of the database re-ranked")
     progress: bool = field(True, "progress bars")
@@ -227,7 +227,7 @@ class Demo:
             return load_model(path)
         # Students distilled on few videos disagree less than the paper's (threshold 0.2).
         config = SelectorTrainingConfig(epochs=self.config.selector_epochs, seed=self.config.seed,
-                                        threshold=0.1)
+                                        threshold=0.1, pairs_per_class=512)
         labelled = selector_pairs(
             relabel_pairs(students["fg_att"], features, pairs, progress=self.config.progress),
             relabel_pairs(students["cg"], features, pairs, progress=self.config.progress),

@@ -24,6 +24,7 @@ BENCHMARKS = (
     "similarity",
     "serve",
     "train",
+    "keras_similarity",
     "all",
 )
 

@@ -20,8 +20,3 @@ def hardtanh(x):
 def zero_masked(x, mask):
     """Sets entries of ``x`` whose ``mask`` (broadcastable, 0/1) is 0 to zero."""
     return ops.where(mask > 0, x, ops.zeros_like(x))
-
-
-def frames_mask(mask, dtype="float32"):
-    """A ``[B, T]`` 0/1 frame mask as float, for arithmetic with features."""
-    return ops.cast(mask, dtype)

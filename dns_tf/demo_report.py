@@ -121,10 +121,9 @@ def evaluate_demo(root: pathlib.Path, collection, teacher, teacher_features, stu
 
         # The sweep of the paper: every p from 0 to 100 on the same similarities.
         coarse, fine_mapped = matrices["coarse"], matrices["fine"]
-        routing = np.stack([
-            backend.selector_scores(np.stack([np.full(everything, indexed[q].selector[0]),
-                                              index.selector_scores(database), coarse[i]], 1))
-            for i, q in enumerate(queries)])
+        targets = index.selector_scores(database)
+        routing = np.stack([retriever.routing_scores(indexed[q].selector[0], targets, coarse[i])
+                            for i, q in enumerate(queries)])
         by_name = {row["method"]: row for row in rows}
         sweep = dns_sweep(
             dataset, coarse, fine_mapped, routing,

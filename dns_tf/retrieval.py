@@ -256,9 +256,8 @@ class DnSRetriever:
             if config.mode == "fine":
                 chosen = np.arange(len(ids))
             else:
-                targets = self.index.selector_scores(ids)
-                mlp_input = np.stack([np.full(len(ids), query.selector[row]), targets, coarse], 1)
-                routing = self.backend.selector_scores(mlp_input)
+                routing = self.routing_scores(query.selector[row],
+                                              self.index.selector_scores(ids), coarse)
                 chosen = np.argsort(-routing, kind="stable")[:count]
             seconds["selector"] = time.perf_counter() - clock
             clock = time.perf_counter()
@@ -270,6 +269,13 @@ class DnSRetriever:
         order = np.argsort(-final, kind="stable")[:config.top]
         hits = [Hit(ids[i], float(final[i]), float(coarse[i]), bool(reranked[i])) for i in order]
         return Ranking(hits, len(ids), int(count), seconds)
+
+    def routing_scores(self, query_score: float, target_scores: np.ndarray,
+                       coarse: np.ndarray) -> np.ndarray:
+        """The selector's ``[N]`` scores of a query against N targets: its MLP reads
+        ``[query self-similarity, target self-similarity, coarse similarity]`` per pair."""
+        mlp_input = np.stack([np.full(len(target_scores), query_score), target_scores, coarse], 1)
+        return self.backend.selector_scores(mlp_input)
 
     def fine_scores(self, query_fine: np.ndarray, video_ids: Sequence[str],
                     chunk: int = 4096) -> np.ndarray:
@@ -311,9 +317,8 @@ class DnSRetriever:
             result.coarse[row, positions[positions >= 0]] = scores[0][positions >= 0]
             seconds["coarse"] += time.perf_counter() - clock
             clock = time.perf_counter()
-            mlp_input = np.stack([np.full(len(available_ids), query.selector[0]), target_selector,
-                                  result.coarse[row, available]], 1)
-            result.selector[row, available] = self.backend.selector_scores(mlp_input)
+            result.selector[row, available] = self.routing_scores(
+                query.selector[0], target_selector, result.coarse[row, available])
             seconds["selector"] += time.perf_counter() - clock
             clock = time.perf_counter()
             result.fine[row, available] = self.fine_scores(query.fine[0], available_ids) / 2 + 0.5

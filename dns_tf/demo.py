@@ -99,7 +99,9 @@ class Demo:
         return made
 
     def _resnet(self) -> str | None:
-        for candidate in (self.config.resnet, os.environ.get("DNS_TF_RESNET50"),
+        from dns_tf.features.command import RESNET_ENV
+
+        for candidate in (self.config.resnet, os.environ.get(RESNET_ENV),
                           REFERENCE_RESNET if REFERENCE_RESNET.is_file() else None):
             if candidate:
                 return str(candidate)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
+import os
 import json
 from typing import Any
 
@@ -48,6 +49,13 @@ def register(subparsers) -> None:
 def _run(module, args) -> int:
     print_result(module.measure(args), args.json)
     return 0
+
+
+def machine_load(load_before: tuple[float, ...]) -> dict[str, Any]:
+    """CPU count and load averages around a measurement, so a reader can judge contention."""
+    return {"cpu_count": os.cpu_count(),
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()]}
 
 
 def default_arguments(name: str, quick: bool) -> argparse.Namespace:

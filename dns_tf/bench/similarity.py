@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from dns_tf.bench.command import machine_load
+
 
 REGIONS = 9
 
@@ -101,9 +103,7 @@ def run_similarity_benchmark(kinds=("attention", "binarization"), frames: int = 
     result["settings"] = {
         "frames": frames, "regions": REGIONS, "dims_or_bits": dims, "targets_per_query": targets,
         "repeats": repeats, "batch_size": batch_size, "workers": similarity.workers,
-        "cpu_count": os.cpu_count(),
-        "load_average_before": [round(x, 2) for x in load_before],
-        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        **machine_load(load_before),
     }
     return result
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from dns_tf.bench.command import machine_load
+
 
 REGIONS = 9
 
@@ -65,9 +67,7 @@ def run_train_benchmark(pairs: int = 64, frames: int = 60, dims: int = 512, step
         "settings": {
             "pairs_per_step": pairs, "frames": frames, "regions": REGIONS, "dims": dims,
             "steps": steps, "warmup_steps": warmup,
-            "device": gpus[0].name if gpus else "CPU", "cpu_count": os.cpu_count(),
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+            "device": gpus[0].name if gpus else "CPU", **machine_load(load_before),
         },
     }
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import types
 import typing
 from typing import Any, TypeVar
 
@@ -36,7 +37,7 @@ def _flag_type(annotation: Any) -> tuple[Any, bool]:
     """Returns (element type, is_sequence) for a field annotation."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         non_none = [a for a in args if a is not type(None)]
         return _flag_type(non_none[0])
     if origin in (tuple, list):

@@ -130,11 +130,12 @@ def test_search_equals_exact_search(bits_index):
     result = bits_index.search(queries, k=25)
     assert result.ids == _exact_ids(bits_index, ids, vectors, queries, 25)
     np.testing.assert_allclose(result.scores, np.sort(queries @ vectors.T, axis=1)[:, ::-1][:, :25],
-                               rtol=1e-5)
+                               rtol=1e-5, atol=1e-6)
     scores, all_ids = bits_index.coarse_scores_all(queries)
     assert sorted(all_ids) == sorted(ids)
     columns = [ids.index(video_id) for video_id in all_ids]
-    np.testing.assert_allclose(scores, (queries @ vectors.T)[:, columns], rtol=1e-5)
+    np.testing.assert_allclose(scores, (queries @ vectors.T)[:, columns], rtol=1e-5,
+                               atol=1e-6)
     assert len(bits_index.search(queries[0], k=1000).ids[0]) == 300
 
 

@@ -29,8 +29,9 @@ _IMMUTABLE_TYPE = 1 << 8  # Py_TPFLAGS_IMMUTABLETYPE: builtin classes whose attr
 _LEAF_TYPES = frozenset({str, bytes, bytearray, int, float, bool, complex, type(None)})
 
 
-class _RefusedBuild(pickle.UnpicklingError):
-    """Raised inside the unpickler; :meth:`RestrictedUnpickler.load` re-raises it naming the file."""
+class RefusedBuild(pickle.UnpicklingError):
+    """A pickle tried to modify what it did not create; :meth:`RestrictedUnpickler.load`
+    re-raises it as the reader's refusal, naming the file."""
 
 
 class Sealed:
@@ -39,7 +40,7 @@ class Sealed:
     __slots__ = ()
 
     def __setstate__(self, state):
-        raise _RefusedBuild(f"an attribute update (BUILD) onto {self!r}")
+        raise RefusedBuild(f"an attribute update (BUILD) onto {self!r}")
 
 
 class Constructor(Sealed):
@@ -62,10 +63,10 @@ class SealedType(type):
     """Metaclass of stand-in classes handed to pickles for NEWOBJ: their attributes cannot be set."""
 
     def __setattr__(cls, name, value):
-        raise _RefusedBuild(f"setting {name!r} on class {cls.__name__}")
+        raise RefusedBuild(f"setting {name!r} on class {cls.__name__}")
 
     def __delattr__(cls, name):
-        raise _RefusedBuild(f"deleting {name!r} from class {cls.__name__}")
+        raise RefusedBuild(f"deleting {name!r} from class {cls.__name__}")
 
 
 def _children(value: Any):
@@ -124,7 +125,7 @@ class RestrictedUnpickler(pickle.Unpickler):
                                 f"the {self._max_bytes:,} this reader accepts")
         try:
             result = super().load()
-        except _RefusedBuild as error:
+        except RefusedBuild as error:
             raise self.refuse(str(error)) from None
         self._check_shape(result)
         return result

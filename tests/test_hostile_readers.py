@@ -38,8 +38,9 @@ EXPECTED = {
     "checkpoint:huge_length": r"size \(131072, 65536\) has 8,589,934,592 elements, more than",
     "checkpoint:past_the_end": r"storage_offset 10 reaches element 17, past the end of its "
                                r"storage of 16",
-    "checkpoint:build_onto_namespace_class": r"CheckpointFormatError: .*build_onto_namespace_class"
-                                             r"\.pth: .*__setstate__",
+    "checkpoint:build_onto_namespace_class": r"UnsafeCheckpointError: .*build_onto_namespace_class"
+                                             r"\.pth: refusing to load an attribute update "
+                                             r"\(BUILD\) onto class argparse\.Namespace",
     "checkpoint:build_onto_storage_type": r"UnsafeCheckpointError: .*refusing to load an "
                                           r"attribute update \(BUILD\) onto torch\.FloatStorage",
     "checkpoint:build_onto_rebuild_function": r"UnsafeCheckpointError: .*BUILD\) onto "

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from dns_tf.safe_pickle import RestrictedUnpickler, Sealed, SealedType
+from dns_tf.safe_pickle import RefusedBuild, RestrictedUnpickler, Sealed, SealedType
 
 try:  # ml_dtypes ships with TensorFlow; only bfloat16 storages need it.
     from ml_dtypes import bfloat16 as _bfloat16
@@ -145,7 +145,9 @@ def _rebuild_parameter(data: Any, *_unused) -> np.ndarray:
 class CheckpointNamespace(argparse.Namespace, metaclass=SealedType):
     """A checkpoint's ``argparse.Namespace`` (training arguments): its own attributes only."""
 
-    def __setstate__(self, state: Any) -> None:
+    def __setstate__(self, state: Any = RefusedBuild) -> None:
+        if state is RefusedBuild:  # BUILD onto the class itself calls this unbound, with one value
+            raise RefusedBuild("an attribute update (BUILD) onto class argparse.Namespace")
         if not isinstance(state, dict) or not all(isinstance(key, str) for key in state):
             raise CheckpointFormatError(f"argparse.Namespace state {state!r:.80} is not a dict "
                                         "of names")

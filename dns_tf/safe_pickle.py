@@ -60,7 +60,7 @@ class Constructor(Sealed):
 
 
 class SealedType(type):
-    """Metaclass of stand-in classes handed to pickles for NEWOBJ: their attributes cannot be set."""
+    """Metaclass of stand-in classes handed to pickles (for NEWOBJ): attributes cannot be set."""
 
     def __setattr__(cls, name, value):
         raise RefusedBuild(f"setting {name!r} on class {cls.__name__}")

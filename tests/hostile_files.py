@@ -140,10 +140,11 @@ def _checkpoint_case(directory: str, name: str) -> tuple[str, str | None]:
         "build_onto_storage_type": lambda: write_checkpoint(path, dict_pickle({
             "x": global_("torch", "FloatStorage") + value({"dtype": "object"}) + BUILD}), {}),
         "build_onto_rebuild_function": lambda: write_checkpoint(path, dict_pickle({
-            "x": global_("torch._utils", "_rebuild_tensor_v2") + value((None, {"__defaults__": (1,)}))
-            + BUILD}), {}),
+            "x": global_("torch._utils", "_rebuild_tensor_v2")
+            + value((None, {"__defaults__": (1,)})) + BUILD}), {}),
         "deep_nesting": lambda: write_checkpoint(path, dict_pickle({"x": _nested_lists(200)}), {}),
-        "expanding_structure": lambda: write_checkpoint(path, dict_pickle({"x": _doubling(25)}), {}),
+        "expanding_structure": lambda: write_checkpoint(path, dict_pickle({"x": _doubling(25)}),
+                                                        {}),
         "self_reference": lambda: write_checkpoint(path, dict_pickle({"x": _cycle()}), {}),
     }[name]
     from dns_tf.convert.torch_pickle import CheckpointFormatError, load_torch_file
@@ -163,8 +164,8 @@ def _pairs_case(directory: str, name: str) -> tuple[str, str | None]:
                                                   (0x4141414141414141).to_bytes(8, "little")),
         "object_field_scalar": global_("numpy._core.multiarray", "scalar") + MARK
         + object_field_dtype() + value((0x4141414141414141).to_bytes(8, "little")) + TUPLE + REDUCE,
-        "object_dtype_array": reconstructed_array(numpy_dtype("O8", _plain_dtype_state("|", flags=63)),
-                                                  b"A" * 8),
+        "object_dtype_array": reconstructed_array(
+            numpy_dtype("O8", _plain_dtype_state("|", flags=63)), b"A" * 8),
         "build_onto_shared_dtype": global_("numpy", "dtype") + value(("f8", False, False)) + REDUCE
         + _plain_dtype_state(">") + BUILD,
         "ndarray_called_directly": global_("numpy", "ndarray") + value(((1,), "f8")) + REDUCE,

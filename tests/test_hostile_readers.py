@@ -31,8 +31,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 EXPECTED = {
     "checkpoint:negative_stride": r"CheckpointFormatError: .*negative_stride\.pth: tensor in "
                                   r"archive/data/0: stride .* must be non-negative",
-    "checkpoint:negative_offset": r"CheckpointFormatError: .*negative_offset\.pth: .*storage_offset "
-                                  r"\(-4096,\) must be non-negative",
+    "checkpoint:negative_offset": r"CheckpointFormatError: .*negative_offset\.pth: "
+                                  r".*storage_offset \(-4096,\) must be non-negative",
     "checkpoint:stride_zero_32gib": r"size \(8589934592,\) has 8,589,934,592 elements, more than "
                                     r"the 16 its storage holds",
     "checkpoint:huge_length": r"size \(131072, 65536\) has 8,589,934,592 elements, more than",
@@ -104,7 +104,8 @@ def test_crafted_tensors_read_exactly_what_torch_would(tmp_path):
     """The builders make valid files: a transposed view, a 0-d tensor and a tensor at an offset."""
     storage = np.arange(12, dtype=np.float32)
     data = dict_pickle({"t": tensor("0", 12, 0, (4, 3), (1, 4)), "s": tensor("0", 12, 5, (), ()),
-                        "o": tensor("0", 12, 6, (3,), (2,)), "e": tensor("0", 12, 0, (0, 5), (5, 1))})
+                        "o": tensor("0", 12, 6, (3,), (2,)),
+                        "e": tensor("0", 12, 0, (0, 5), (5, 1))})
     path = write_checkpoint(str(tmp_path / "ok.pth"), data, {"0": storage.tobytes()})
     loaded = load_torch_file(path)
     np.testing.assert_array_equal(loaded["t"], storage.reshape(3, 4).T)
@@ -191,8 +192,8 @@ def _mutate(data: bytes, edits, cut) -> bytes:
 
 
 def _valid_checkpoint(result) -> None:
-    assert isinstance(result, (dict, list, tuple, int, float, str, bytes, type(None), np.ndarray)), \
-        type(result)
+    plain = (dict, list, tuple, int, float, str, bytes, type(None), np.ndarray)
+    assert isinstance(result, plain), type(result)
 
 
 @FUZZ

@@ -44,7 +44,7 @@ POOLS = ("positives", "negatives")
 
 
 class PairsFormatError(ValueError):
-    """A pairs file or structure does not follow the layout above (the one error type for bad files)."""
+    """A pairs file or structure does not follow the layout above (the error for any bad file)."""
 
 
 class UnsafePairsError(PairsFormatError, pickle.UnpicklingError):
@@ -155,7 +155,7 @@ def _latin1(text: Any, encoding: Any) -> bytes:
     return text.encode("latin-1")
 
 
-_NDARRAY = Sealed()  # ``numpy.ndarray`` as a pickle sees it: a marker for _reconstruct, not callable
+_NDARRAY = Sealed()  # ``numpy.ndarray`` as a pickle sees it: _reconstruct's marker, not callable
 
 # (module, name) -> the object the unpickler may hand out. numpy is listed under both its 1.x
 # (``numpy.core``) and 2.x (``numpy._core``) module names so files written by either load; the

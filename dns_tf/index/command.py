@@ -4,6 +4,7 @@
     dns-tf index add videos.idx --features features.h5 [--ids v1 v2 ...] [--batch_size 16]
     dns-tf index remove videos.idx v1 v2
     dns-tf index stats videos.idx [--json]
+    dns-tf index verify videos.idx [--repair]
     dns-tf index search videos.idx --features features.h5 --query q1 q2 [--mode dns
         --percentage 5 --candidates 1000 --top 20] [--json]
 
@@ -71,6 +72,13 @@ def register(subparsers) -> None:
     stats.add_argument("index", help="index directory")
     stats.add_argument("--json", action="store_true", help="print one JSON object")
     stats.set_defaults(func=run_stats)
+
+    verify = commands.add_parser("verify", help="check every stored byte against its checksum")
+    verify.add_argument("index", help="index directory")
+    verify.add_argument("--repair", action="store_true",
+                        help="remove the videos whose data is damaged (then 'index add' them "
+                             "again)")
+    verify.set_defaults(func=run_verify)
 
     search = commands.add_parser("search", help="DnS search with query videos of a feature file")
     search.add_argument("index", help="index directory")
@@ -276,6 +284,22 @@ def run_stats(args) -> int:
         elif isinstance(value, dict):
             value = ", ".join(f"{key}={item}" for key, item in value.items())
         print(f"{name}: {value}")
+    return 0
+
+
+def run_verify(args) -> int:
+    from dns_tf.index.store import VideoIndex
+
+    try:
+        if args.repair:
+            removed = VideoIndex.repair(args.index)
+            print(f"removed {len(removed)} damaged videos: {', '.join(removed) or '-'}; add them "
+                  f"again with 'dns-tf index add'")
+        with VideoIndex.open(args.index, readonly=True) as index:
+            summary = index.verify()
+    except _errors() as error:
+        return _fail(_message(error).replace("\n", " "))
+    print(f"{args.index}: {summary['videos']} videos verified, no problems")
     return 0
 
 

@@ -274,3 +274,28 @@ def test_a_batch_the_networks_fail_on_is_retried_video_by_video():
     assert [f[0] for f in failed] == ["b", "c"]
     assert failed[0][1] == "the networks failed on it: RuntimeError: Aborted: pooling failed"
     assert "non-finite" in failed[1][1]
+
+
+def test_verify_repair_and_a_damaged_index_are_one_line_errors(tmp_path, capsys, networks,
+                                                               features_h5):
+    path = tmp_path / "damaged.idx"
+    create(capsys, path, networks)
+    run(capsys, "index", "add", path, "--features", features_h5, "--ids", "x0", "x1", "x2")
+    code, out, _ = run(capsys, "index", "verify", path)
+    assert code == 0 and "3 videos verified, no problems" in out
+    with open(path / "coarse.f32", "r+b") as f:  # x1's vector (128-d float32 rows)
+        f.seek(128 * 4 + 7)
+        byte = f.read(1)
+        f.seek(128 * 4 + 7)
+        f.write(bytes([byte[0] ^ 1]))
+    code, _, err = run(capsys, "index", "search", path, "--features", features_h5, "--query", "q0")
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert err.startswith("dns-tf index: error: ") and "'x1' fails its CRC-32 check" in err
+    code, _, err = run(capsys, "index", "add", path, "--features", features_h5, "--ids", "x3")
+    assert code == 1 and "not written to" in err and "index verify" in err
+    code, _, err = run(capsys, "index", "verify", path)
+    assert code == 1 and "'x1'" in err and len(err.strip().splitlines()) == 1
+    code, out, _ = run(capsys, "index", "verify", path, "--repair")
+    assert code == 0 and "removed 1 damaged videos: x1" in out and "2 videos verified" in out
+    code, out, _ = run(capsys, "index", "add", path, "--features", features_h5, "--ids", "x1", "x3")
+    assert code == 0 and "added 2 videos" in out

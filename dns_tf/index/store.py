@@ -15,6 +15,11 @@ Guarantees:
   commits (``synchronous=FULL``). A crash (even ``kill -9`` mid-``add``) leaves at most unreferenced
   bytes past the committed ends recorded in SQLite, which the next writer truncates; every row
   points at complete data, checked by CRC-32 on every read and by :meth:`VideoIndex.verify`.
+* Integrity: every coarse vector is verified against its CRC-32 wherever it is read or a searcher
+  is built or loaded (:class:`~dns_tf.index.coarse_store.CoarseVectorStore`); files are opened
+  without following symlinks; a writer checks the index on open and refuses to write to a damaged
+  one (:meth:`VideoIndex.verify` lists problems, :meth:`VideoIndex.repair` drops damaged videos); a
+  damaged SQLite page is an :class:`IndexCorruptError`.
 * One writer, many readers: the writer holds ``writer.lock``; readers (other processes or other
   ``VideoIndex`` objects, ``readonly=True``) see exactly the committed videos, consistently within
   each call, and new videos are searchable at once.

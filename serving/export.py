@@ -64,7 +64,6 @@ from collections.abc import Mapping
 
 import tensorflow as tf
 
-from dns_tf.similarity_fast import MIN_FRAMES
 from serving.model_config import (MODELS_CONFIG_FILE, available_versions,
                                   write_model_server_config)
 
@@ -214,10 +213,9 @@ class DnSModule(tf.Module):
         fine = self._networks.fine
 
         def video(stored, length):
-            # Unpadded, as the authors compare pairs; zero frames (zero similarity) stand in for
-            # the missing ones of videos shorter than the comparator's MIN_FRAMES.
-            frames = self._from_stored(stored[:length])
-            return tf.pad(frames, [[0, tf.maximum(MIN_FRAMES - length, 0)], [0, 0], [0, 0]])[None]
+            # Unpadded, as the authors compare pairs (the comparator itself treats videos shorter
+            # than its MIN_FRAMES as padded with zero-similarity frames).
+            return self._from_stored(stored[:length])[None]
 
         def one_query(inputs):
             query, query_length, targets, target_lengths = inputs

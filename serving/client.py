@@ -39,6 +39,7 @@ from dns_tf.data.padding import padded_batch_from_arrays
 from dns_tf.retrieval import IndexedVideos
 from serving.config import ClientConfig
 from serving.export import DNS_MODEL, FEATURES_MODEL, TEACHER_MODEL
+from serving.tls import channel_credentials
 
 RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
 _SIGNATURE_DEF = "signature_def"
@@ -81,12 +82,16 @@ class ServingClient:
         backoff: seconds before the first retry; doubling each time (with ±25% jitter, so
             clients that failed together do not come back together), at most ``max_backoff``.
         max_message_bytes: largest message sent or received.
+        ssl_ca, ssl_cert, ssl_key: PEM files; any of them connects over TLS (``ssl_ca``: the CA
+            of the server's certificate, else the system's roots; ``ssl_cert`` and ``ssl_key``: a
+            client certificate for servers that verify clients). See :mod:`serving.tls`.
         channel: an existing ``grpc.Channel`` to use instead of opening one to ``target``.
     """
 
     def __init__(self, target: str, timeout: float = ClientConfig.timeout,
                  retries: int = ClientConfig.retries, backoff: float = ClientConfig.backoff,
                  max_backoff: float = ClientConfig.max_backoff, max_message_bytes: int = 1 << 30,
+                 ssl_ca: str | None = None, ssl_cert: str | None = None, ssl_key: str | None = None,
                  channel: grpc.Channel | None = None):
         if timeout <= 0 or retries < 0 or backoff < 0:
             raise ValueError(f"need timeout > 0, retries >= 0, backoff >= 0; got {timeout}, "
@@ -97,9 +102,12 @@ class ServingClient:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self._owns_channel = channel is None
-        self._channel = channel or grpc.insecure_channel(target, options=[
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes)])
+        options = [("grpc.max_send_message_length", max_message_bytes),
+                   ("grpc.max_receive_message_length", max_message_bytes)]
+        if channel is None and (ssl_ca or ssl_cert or ssl_key):
+            channel = grpc.secure_channel(target, channel_credentials(ssl_ca, ssl_cert, ssl_key),
+                                          options=options)
+        self._channel = channel or grpc.insecure_channel(target, options=options)
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
 
     def close(self) -> None:
@@ -227,6 +235,8 @@ class RemoteBackend(_RemoteModel):
         version: the version to use; None pins the newest at first contact.
         timeout, retries: per-attempt deadline in seconds and retries on UNAVAILABLE
             (see :class:`ServingClient`; ignored when ``target`` is a client).
+        client_options: other :class:`ServingClient` options (``ssl_ca``, ``ssl_cert``,
+            ``ssl_key``, ...), when ``target`` is an address.
         videos_per_request: videos per ``index`` request.
         targets_per_request: target videos per ``fine_similarity`` request.
         parallel_requests: re-ranking requests in flight at once.
@@ -236,8 +246,9 @@ class RemoteBackend(_RemoteModel):
                  version: int | None = None, timeout: float = ClientConfig.timeout,
                  retries: int = ClientConfig.retries,
                  videos_per_request: int = 8, targets_per_request: int = 64,
-                 parallel_requests: int = 4):
-        super().__init__(target, model_name, version, timeout=timeout, retries=retries)
+                 parallel_requests: int = 4, **client_options):
+        super().__init__(target, model_name, version, timeout=timeout, retries=retries,
+                         **client_options)
         if min(videos_per_request, targets_per_request, parallel_requests) < 1:
             raise ValueError("videos_per_request, targets_per_request and parallel_requests "
                              "must be >= 1")
@@ -333,15 +344,16 @@ class RemoteFeatureExtractor(_RemoteModel):
     """Region features of uint8 frames from a served ``dns_features`` model.
 
     Args:
-        target, model_name, version, timeout, retries: as :class:`RemoteBackend`.
+        target, model_name, version, timeout, retries, client_options: as :class:`RemoteBackend`.
         frames_per_request: frames sent per request (the server runs them as one CNN batch).
     """
 
     def __init__(self, target: ServingClient | str, model_name: str = FEATURES_MODEL,
                  version: int | None = None, timeout: float = ClientConfig.timeout,
                  retries: int = ClientConfig.retries,
-                 frames_per_request: int = 32):
-        super().__init__(target, model_name, version, timeout=timeout, retries=retries)
+                 frames_per_request: int = 32, **client_options):
+        super().__init__(target, model_name, version, timeout=timeout, retries=retries,
+                         **client_options)
         self.frames_per_request = frames_per_request
 
     @property
@@ -366,15 +378,16 @@ class RemoteTeacher(_RemoteModel):
     """ViSiL similarities of video pairs from a served ``dns_teacher`` model (pair labelling).
 
     Args:
-        target, model_name, version, timeout, retries: as :class:`RemoteBackend`.
+        target, model_name, version, timeout, retries, client_options: as :class:`RemoteBackend`.
         pairs_per_request: pairs sent per request.
     """
 
     def __init__(self, target: ServingClient | str, model_name: str = TEACHER_MODEL,
                  version: int | None = None, timeout: float = ClientConfig.timeout,
                  retries: int = ClientConfig.retries,
-                 pairs_per_request: int = 8):
-        super().__init__(target, model_name, version, timeout=timeout, retries=retries)
+                 pairs_per_request: int = 8, **client_options):
+        super().__init__(target, model_name, version, timeout=timeout, retries=retries,
+                         **client_options)
         self.pairs_per_request = pairs_per_request
 
     def similarity(self, queries: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> np.ndarray:

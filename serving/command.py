@@ -20,7 +20,7 @@ import sys
 import threading
 
 from dns_tf.config import add_arguments, from_arguments
-from serving.config import ServeConfig
+from serving.config import ServeConfig, check_server_settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,8 +33,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _check_flags(config: ServeConfig, parser: argparse.ArgumentParser) -> None:
     """Usage errors (exit 2) for values out of range, before anything loads."""
-    from serving.server import check_server_settings
-
     try:
         check_server_settings(config.port, config.max_request_bytes, config.max_input_elements)
     except ValueError as error:

@@ -9,6 +9,8 @@ import dataclasses
 
 from dns_tf.config import field
 
+MAX_PORT = 65535
+
 
 @dataclasses.dataclass(frozen=True)
 class ServeConfig:
@@ -31,6 +33,16 @@ class ServeConfig:
     enable_batching: bool = field(False, "accepted for TF Serving compatibility: the embedded server "
                                          "runs each request as one batch and does not batch across requests")
     batching_parameters_file: str | None = field(None, "BatchingParameters text proto, checked and logged")
+
+
+def check_server_settings(port: int, max_request_bytes: int, max_input_elements: int) -> None:
+    """Raises ValueError naming the first setting out of range."""
+    if not 0 <= port <= MAX_PORT:
+        raise ValueError(f"port must be in 0-{MAX_PORT}, got {port}")
+    if max_request_bytes <= 0:
+        raise ValueError(f"max_request_bytes must be positive, got {max_request_bytes}")
+    if max_input_elements <= 0:
+        raise ValueError(f"max_input_elements must be positive, got {max_input_elements}")
 
 
 @dataclasses.dataclass(frozen=True)

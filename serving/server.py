@@ -47,7 +47,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      prediction_service_pb2_grpc, status_pb2)
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.config import ServeConfig
+from serving.config import ServeConfig, check_server_settings
 from serving.model_config import models_config, read_model_server_config, resolve_servable_models
 from serving.servables import DEFAULT_SIGNATURE, SERVE_TAGS, LoadedVersion, ModelRepository
 from serving.status import ServingError
@@ -55,7 +55,6 @@ from serving.tensors import InputLimits
 from serving.tls import read_ssl_config, server_credentials
 
 SIGNATURE_DEF_FIELD = "signature_def"
-MAX_PORT = 65535
 
 logger = logging.getLogger(__name__)
 Response = TypeVar("Response")
@@ -190,16 +189,6 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
 def _fill_model_spec(model_spec: model_pb2.ModelSpec, loaded: LoadedVersion) -> None:
     model_spec.name = loaded.name
     model_spec.version.value = loaded.version
-
-
-def check_server_settings(port: int, max_request_bytes: int, max_input_elements: int) -> None:
-    """Raises ValueError naming the first setting out of range."""
-    if not 0 <= port <= MAX_PORT:
-        raise ValueError(f"port must be in 0-{MAX_PORT}, got {port}")
-    if max_request_bytes <= 0:
-        raise ValueError(f"max_request_bytes must be positive, got {max_request_bytes}")
-    if max_input_elements <= 0:
-        raise ValueError(f"max_input_elements must be positive, got {max_input_elements}")
 
 
 def _as_config(models) -> model_server_config_pb2.ModelServerConfig:

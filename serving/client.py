@@ -37,7 +37,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, predict
 
 from dns_tf.data.padding import padded_batch_from_arrays
 from dns_tf.retrieval import IndexedVideos
-from serving.config import ClientConfig
+from serving.config import ClientConfig, ServeConfig
 from serving.export import DNS_MODEL, FEATURES_MODEL, TEACHER_MODEL
 from serving.tls import channel_credentials
 
@@ -70,6 +70,24 @@ def _lengths_of(mask: np.ndarray) -> np.ndarray:
     if np.any(lengths < 1):
         raise ValueError(f"every video needs at least one frame; lengths {lengths.tolist()}")
     return lengths.astype(np.int32)
+
+
+def _requests(lengths: Sequence[int], per_request: int, frame_elements: int,
+              max_elements: int) -> list[slice]:
+    """Consecutive slices of videos with ``lengths``, each at most ``per_request`` videos whose
+    padded tensor (videos x longest x ``frame_elements``) stays within ``max_elements``: the
+    server's per-input limit. A video over the limit alone goes alone (the server refuses it)."""
+    slices, start, longest = [], 0, 0
+    for stop, length in enumerate(lengths):
+        longest_with = max(longest, int(length))
+        if stop > start and (stop - start == per_request
+                             or (stop - start + 1) * longest_with * frame_elements > max_elements):
+            slices.append(slice(start, stop))
+            start, longest_with = stop, int(length)
+        longest = longest_with
+    if len(lengths):
+        slices.append(slice(start, len(lengths)))
+    return slices
 
 
 class ServingClient:
@@ -237,21 +255,25 @@ class RemoteBackend(_RemoteModel):
             (see :class:`ServingClient`; ignored when ``target`` is a client).
         client_options: other :class:`ServingClient` options (``ssl_ca``, ``ssl_cert``,
             ``ssl_key``, ...), when ``target`` is an address.
-        videos_per_request: videos per ``index`` request.
-        targets_per_request: target videos per ``fine_similarity`` request.
+        videos_per_request: videos per ``index`` request, at most.
+        targets_per_request: target videos per ``fine_similarity`` request, at most.
         parallel_requests: re-ranking requests in flight at once.
+        max_input_elements: requests are cut so that no input tensor declares more elements
+            than this (the server's ``--max_input_elements``).
     """
 
     def __init__(self, target: ServingClient | str, model_name: str = DNS_MODEL,
                  version: int | None = None, timeout: float = ClientConfig.timeout,
                  retries: int = ClientConfig.retries,
                  videos_per_request: int = 8, targets_per_request: int = 64,
-                 parallel_requests: int = 4, **client_options):
+                 parallel_requests: int = 4,
+                 max_input_elements: int = ServeConfig.max_input_elements, **client_options):
         super().__init__(target, model_name, version, timeout=timeout, retries=retries,
                          **client_options)
-        if min(videos_per_request, targets_per_request, parallel_requests) < 1:
-            raise ValueError("videos_per_request, targets_per_request and parallel_requests "
-                             "must be >= 1")
+        if min(videos_per_request, targets_per_request, parallel_requests, max_input_elements) < 1:
+            raise ValueError("videos_per_request, targets_per_request, parallel_requests and "
+                             "max_input_elements must be >= 1")
+        self.max_input_elements = max_input_elements
         self.videos_per_request = videos_per_request
         self.targets_per_request = targets_per_request
         self.parallel_requests = parallel_requests
@@ -285,10 +307,10 @@ class RemoteBackend(_RemoteModel):
                              f"{videos.shape} and {np.shape(mask)}")
         lengths = _lengths_of(mask)
         coarse, fine, selector = [], [], []
-        for start in range(0, len(videos), self.videos_per_request):
-            chunk = lengths[start:start + self.videos_per_request]
-            outputs = self.predict("index", features=videos[start:start + len(chunk), :chunk.max()],
-                                   lengths=chunk)
+        for request in _requests(lengths, self.videos_per_request, int(np.prod(videos.shape[2:])),
+                                 self.max_input_elements):
+            chunk = lengths[request]
+            outputs = self.predict("index", features=videos[request, :chunk.max()], lengths=chunk)
             coarse.append(outputs["coarse"])
             fine += [video[:length] for video, length in zip(outputs["fine"], chunk)]
             selector.append(outputs["selector"])
@@ -305,8 +327,9 @@ class RemoteBackend(_RemoteModel):
         target_fines = [self._stored(target, f"target {i}") for i, target in enumerate(target_fines)]
         # Sorting by length keeps padding, and so wasted bytes and work, small.
         order = np.argsort([len(t) for t in target_fines], kind="stable")
-        chunks = [order[start:start + self.targets_per_request]
-                  for start in range(0, len(order), self.targets_per_request)]
+        chunks = [order[request] for request in _requests(
+            [len(target_fines[i]) for i in order], self.targets_per_request,
+            int(np.prod(query.shape[2:])), self.max_input_elements)]
 
         def score(chosen: np.ndarray) -> None:
             lengths = np.array([len(target_fines[i]) for i in chosen], np.int32)

@@ -23,7 +23,7 @@ from dns_tf.index.store import VideoIndex
 from dns_tf.retrieval import DnSRetriever, LocalBackend, SearchConfig
 from export_fixtures import load_networks
 from serving.client import (RemoteBackend, RemoteFeatureExtractor, RemoteTeacher, ServingClient,
-                            ServingRequestError)
+                            ServingRequestError, _requests)
 from serving.export import export_models
 from serving.server import ModelServer
 from tls_fixtures import self_signed, ssl_config
@@ -343,6 +343,22 @@ def test_remote_backend_over_tls_matches_plaintext(exported, target, rng, tmp_pa
     np.testing.assert_array_equal(got.selector, expected.selector)
     for got_fine, expected_fine in zip(got.fine, expected.fine, strict=True):
         np.testing.assert_array_equal(got_fine, expected_fine)
+
+
+def test_requests_stay_within_the_servers_element_limit(target, rng):
+    assert _requests([5, 3, 7, 2], 8, 10, 100) == [slice(0, 2), slice(2, 3), slice(3, 4)]
+    assert _requests([5, 3, 7, 2], 2, 10, 10**9) == [slice(0, 2), slice(2, 4)]
+    assert _requests([50, 3], 8, 10, 100) == [slice(0, 1), slice(1, 2)]  # alone, over the limit
+    videos, mask = random_videos(rng, [6, 4, 9, 2])
+    whole = RemoteBackend(target).index(videos, mask)
+    limit = 2 * 9 * 9 * 512  # two 9-frame videos of [9, 512] regions
+    cut = RemoteBackend(target, max_input_elements=limit).index(videos, mask)
+    np.testing.assert_allclose(cut.coarse, whole.coarse, atol=1e-5)  # padding differs per request
+    np.testing.assert_allclose(cut.selector, whole.selector, atol=1e-5)
+    backend = RemoteBackend(target, max_input_elements=2 * 9 * 9 * 64)
+    np.testing.assert_allclose(backend.fine_similarity(whole.fine[0], whole.fine),
+                               RemoteBackend(target).fine_similarity(whole.fine[0], whole.fine),
+                               atol=1e-6)
 
 
 def test_remote_feature_extractor_and_teacher(target, networks, parity):

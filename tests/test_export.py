@@ -249,11 +249,23 @@ def test_every_signature_serves_videos_shorter_than_the_comparator_needs(loaded,
     assert np.isfinite(served["similarity"]).all()
 
 
-@pytest.mark.parametrize("lengths", [[0, 12, 5], [7, 13, 5]])
-def test_lengths_out_of_range_fail_with_invalid_argument(loaded, parity, lengths):
-    with pytest.raises(tf.errors.InvalidArgumentError, match="lengths must be"):
+@pytest.mark.parametrize("lengths, message", [
+    ([0, 12, 5], "lengths must be >= 1"), ([7, 13, 5], "lengths must be <= the frame axis"),
+    ([5], "lengths must have one entry per video"), ([7, 12, 5, 5], "one entry per video")])
+def test_lengths_out_of_range_or_of_another_batch_fail_with_invalid_argument(loaded, parity, lengths,
+                                                                               message):
+    assert len(parity["inputs.videos"]) == 3
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
         run(loaded["dns"], "index", features=parity["inputs.videos"],
             lengths=np.array(lengths, np.int32))
+
+
+def test_target_lengths_of_another_shape_than_the_targets_fail_with_invalid_argument(loaded):
+    size = loaded["dns"].signatures["fine_similarity"].structured_input_signature[1]["query"].shape[-1]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="target_lengths must have one entry"):
+        run(loaded["dns"], "fine_similarity", query=np.zeros((1, 4, 9, size), np.uint8),
+            query_length=np.array([4], np.int32), targets=np.zeros((1, 2, 4, 9, size), np.uint8),
+            target_lengths=np.array([[4]], np.int32))
 
 
 def test_graph_bit_packing_is_numpy_packbits(rng=np.random.default_rng(0)):

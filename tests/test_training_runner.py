@@ -158,13 +158,20 @@ def test_two_workers_train_the_same_student_as_one(tmp_path, pairs_file):
         assert worker.returncode == 0, output[-3000:]
     two = load_model(tmp_path / "two_workers" / "student.keras")
     one = load_model(tmp_path / "one_worker" / "student.keras")
-    # Adam divides each gradient by its running RMS, so a component whose gradient is near zero
-    # turns summation-order rounding (the all-reduce's, and the BLAS kernels': 7.5e-5 seen with
-    # OPENBLAS_CORETYPE=Haswell) into a visible fraction of one step (lr = 1e-3). A wrong split
-    # of the global batch moves every weight by whole steps, far beyond this bound.
-    assert_same_weights(two, one, atol=2.5e-4)
-    assert not np.allclose(np.asarray(one.weights[0]),
-                           np.asarray(load_model(initial).weights[0]))  # it did train
+    start = load_model(initial)
+    # Compared as training updates, not weights: Adam divides each gradient by its running RMS,
+    # so a component whose gradient is near zero turns summation-order rounding (the
+    # all-reduce's, and the BLAS kernels', which differ between CPUs: 1.3e-3 on 25 of 18,432
+    # elements seen on one CI machine) into a visible fraction of one step. A wrong split of the
+    # global batch changes the direction of every tensor's update, far beyond this bound.
+    assert len(two.weights) == len(one.weights) == len(start.weights)
+    trained = 0
+    for x, y, s in zip(two.weights, one.weights, start.weights):
+        update_two, update_one = np.asarray(x) - np.asarray(s), np.asarray(y) - np.asarray(s)
+        scale = np.linalg.norm(update_one)
+        trained += scale > 0
+        assert np.linalg.norm(update_two - update_one) <= 0.05 * scale + 1e-6, x.path
+    assert trained >= len(one.trainable_weights) // 2  # it did train
 
 
 def test_train_help_lists_programs_and_flags(capsys):

@@ -424,7 +424,8 @@ def test_dns_tf_serve_answers_then_exits_within_the_grace_on_sigterm(model_root,
     threading.Thread(target=lambda: [lines.put(line) for line in process.stderr], daemon=True).start()
     try:
         port = None
-        deadline = time.monotonic() + 300  # loading TensorFlow and the models; minutes on a loaded 2-core machine
+        # Loading TensorFlow and the models takes minutes on a loaded 2-core machine.
+        deadline = time.monotonic() + 300
         while port is None and time.monotonic() < deadline and process.poll() is None:
             try:
                 line = lines.get(timeout=1)

@@ -64,7 +64,8 @@ from collections.abc import Mapping
 
 import tensorflow as tf
 
-from dns_tf.similarity_fast import MIN_FRAMES
+from dns_tf.similarity_fast import comparator_weights
+from serving.fine_graph import REGIONS, FineGraph
 from serving.model_config import (MODELS_CONFIG_FILE, available_versions,
                                   write_model_server_config)
 
@@ -90,8 +91,6 @@ num_batch_threads { value: %(threads)d }
 pad_variable_length_inputs: true
 """
 
-# Pairs compared at the same time within one request (independent loop iterations).
-PARALLEL_PAIRS = 16
 _BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)  # np.packbits order: the first code is the high bit
 
 
@@ -170,10 +169,11 @@ class DnSModule(tf.Module):
         self.index = tf.function(self._index, input_signature=[
             tf.TensorSpec([None, None, None, dims], tf.float32, name="features"),
             tf.TensorSpec([None], tf.int32, name="lengths")])
+        self.fine_graph = FineGraph(fine.bits if self.bits else None, comparator_weights(fine))
         self.fine_similarity = tf.function(self._fine_similarity, input_signature=[
-            tf.TensorSpec([None, None, None, fine_size], fine_dtype, name="query"),
+            tf.TensorSpec([None, None, REGIONS, fine_size], fine_dtype, name="query"),
             tf.TensorSpec([None], tf.int32, name="query_length"),
-            tf.TensorSpec([None, None, None, None, fine_size], fine_dtype, name="targets"),
+            tf.TensorSpec([None, None, None, REGIONS, fine_size], fine_dtype, name="targets"),
             tf.TensorSpec([None, None], tf.int32, name="target_lengths")])
         self.selector_scores = tf.function(self._selector_scores, input_signature=[
             tf.TensorSpec([None, None, 3], tf.float32, name="mlp_input")])
@@ -189,9 +189,6 @@ class DnSModule(tf.Module):
 
     def _to_stored(self, fine):
         return pack_codes(fine) if self.bits else tf.cast(fine, tf.float16)
-
-    def _from_stored(self, fine):
-        return unpack_codes(fine) if self.bits else tf.cast(fine, tf.float32)
 
     def _index(self, features, lengths):
         networks = self._networks
@@ -211,25 +208,9 @@ class DnSModule(tf.Module):
     def _fine_similarity(self, query, query_length, targets, target_lengths):
         query_length = checked_lengths(query_length, tf.shape(query)[1], "query_length")
         target_lengths = checked_lengths(target_lengths, tf.shape(targets)[2], "target_lengths")
-        fine = self._networks.fine
-
-        def video(stored, length):
-            # Unpadded, as the authors compare pairs; zero frames (zero similarity) stand in for
-            # the missing ones of videos shorter than the comparator's MIN_FRAMES.
-            frames = self._from_stored(stored[:length])
-            return tf.pad(frames, [[0, tf.maximum(MIN_FRAMES - length, 0)], [0, 0], [0, 0]])[None]
-
-        def one_query(inputs):
-            query, query_length, targets, target_lengths = inputs
-            query = video(query, query_length)
-
-            def one_target(inputs):
-                return fine.calculate_video_similarity(query, video(*inputs))[0, 0]
-
-            return tf.map_fn(one_target, (targets, target_lengths), fn_output_signature=tf.float32,
-                             parallel_iterations=PARALLEL_PAIRS)
-
-        similarity = tf.map_fn(one_query, (query, query_length, targets, target_lengths),
+        # Each query with its targets in one batched graph, the fast path's (serving.fine_graph).
+        similarity = tf.map_fn(lambda inputs: self.fine_graph.padded_batch_scores(*inputs),
+                               (query, query_length, targets, target_lengths),
                                fn_output_signature=tf.TensorSpec([None], tf.float32))
         return {"similarity": similarity}
 

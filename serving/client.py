@@ -267,6 +267,11 @@ class RemoteBackend(_RemoteModel):
         return {"served_model": {"server": self.client.target, "name": self.model_name,
                                  "version": self.version}}
 
+    def store_for(self, index) -> ResidentStore | None:
+        """The resident store found for ``index`` so far (None: none, or not looked for yet)."""
+        with self._lock:
+            return self._stores.get(index.uid)
+
     def _resident_store(self, index, query: np.ndarray) -> ResidentStore | None:
         """The served store holding ``index`` (None: none does, targets are shipped)."""
         with self._lock:

@@ -169,7 +169,8 @@ def run_serve_benchmark(frames: int = 60, targets: int = 64, seconds: float = 6.
         results = {}
         batching = ({"enable_batching": True, "batching_parameters_file":
                      str(exported.batching_parameters)} if enable_batching else {})
-        with ModelServer(exported.models_config, max_workers=max_workers, **batching) as server:
+        with ModelServer(exported.models_config, max_workers=max_workers,
+                         xla_cpu_compilation_enabled=True, **batching) as server:
             target = f"127.0.0.1:{server.port}"
             channels = [grpc.insecure_channel(target) for _ in range(max(clients))]
             stubs = [prediction_service_pb2_grpc.PredictionServiceStub(c) for c in channels]

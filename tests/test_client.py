@@ -47,7 +47,8 @@ def exported(tmp_path_factory, networks, checkpoints):
 
 @pytest.fixture(scope="module")
 def server(exported):
-    with ModelServer(exported.models_config, max_workers=8) as server:
+    with ModelServer(exported.models_config, max_workers=8,
+                     xla_cpu_compilation_enabled=True) as server:
         yield server
 
 

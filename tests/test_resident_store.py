@@ -5,11 +5,15 @@ by an index built with the old one."""
 
 from __future__ import annotations
 
+import json
+
 import grpc
 import keras
 import numpy as np
 import pytest
 
+from dns_tf.cli import main as cli_main
+from dns_tf.data.feature_files import open_writer
 from dns_tf.index.store import VideoIndex
 from dns_tf.models import CoarseGrainedStudent, FineGrainedStudent, SelectorNetwork
 from dns_tf.retrieval import DnSRetriever, LocalBackend, index_metadata
@@ -144,3 +148,35 @@ def test_xla_signatures_need_the_cpu_flag(setup):
             np.testing.assert_allclose(remote.fine_similarity(query, [query]),
                                        local.fine_similarity(query, [query]), atol=1e-6)
         remote.close()
+
+
+def test_export_index_and_search_through_the_store_from_the_command_line(tmp_path, capsys):
+    """``dns-tf export --index`` then ``dns-tf search``: the ranking of ``dns-tf index search``,
+    with the targets' representations read on the server only (the client's copy of them is
+    destroyed, and the search still answers)."""
+    paths = {}
+    for name, network in zip(("coarse", "fine", "selector"), networks("binarization", seed=4)):
+        paths[name] = tmp_path / f"{name}.keras"
+        network.save(paths[name])
+    rng = np.random.default_rng(2)
+    with open_writer(tmp_path / "features.h5") as writer:
+        for number, length in enumerate(LENGTHS):
+            writer.write(f"v{number}", rng.standard_normal((length, 9, 512)).astype(np.float32))
+    index, out = tmp_path / "videos.idx", tmp_path / "export"
+    assert cli_main(["index", "create", str(index), *(f"--{n}={p}" for n, p in paths.items())]) == 0
+    assert cli_main(["index", "add", str(index), "--features", str(tmp_path / "features.h5")]) == 0
+    assert cli_main(["export", "--index", str(index), "--out", str(out)]) == 0
+    assert cli_main(["export", *(f"--{n}={p}" for n, p in paths.items()), "--out", str(out)]) == 0
+    assert "dns_store: version 1" in capsys.readouterr().out
+    query = ["--features", str(tmp_path / "features.h5"), "--query", "v3", "--mode", "fine",
+             "--json"]
+    assert cli_main(["index", "search", str(index), *query]) == 0
+    expected = json.loads(capsys.readouterr().out)["queries"][0]["hits"]
+    (index / "fine.bin").write_bytes(b"\0" * (index / "fine.bin").stat().st_size)
+    with ModelServer(out / "models.config", xla_cpu_compilation_enabled=True) as server:
+        assert cli_main(["search", "--server", f"127.0.0.1:{server.port}", "--index", str(index),
+                         *query]) == 0
+    got = json.loads(capsys.readouterr().out)["queries"][0]["hits"]
+    assert [hit["video_id"] for hit in got] == [hit["video_id"] for hit in expected]
+    np.testing.assert_allclose([hit["score"] for hit in got], [hit["score"] for hit in expected],
+                               atol=1e-6)

@@ -87,7 +87,8 @@ def evaluate_demo(root: pathlib.Path, collection, teacher, teacher_features, stu
         rows.append({"method": name, "DSVR": accuracy(matrix), "ms_per_query": 1e3 * seconds,
                      "kb_per_video": _kb(frames.mean() * bytes_per_frame)})
 
-    server = ModelServer(str(models_config), port=0)
+    # XLA on CPU: the binarization student's popcount kernel, as tensorflow_model_server needs.
+    server = ModelServer(str(models_config), port=0, xla_cpu_compilation_enabled=True)
     port = server.start()
     say(f"embedded TF Serving API on 127.0.0.1:{port}")
     try:

@@ -69,7 +69,6 @@ class LoadedVersion:
         path: the SavedModel directory.
         saved_model: the object ``tf.saved_model.load`` returned (owns the variables).
         signature_defs: the SignatureDefs, as ``GetModelMetadata`` reports them.
-        xla_signatures: the signatures that hold XLA-compiled functions.
     """
 
     name: str
@@ -77,7 +76,9 @@ class LoadedVersion:
     path: pathlib.Path
     saved_model: Any
     signature_defs: get_model_metadata_pb2.SignatureDefMap
-    xla_signatures: frozenset[str] = frozenset()
+    # Signature name -> whether it holds XLA-compiled functions; filled on first need only (a
+    # server with XLA enabled never inspects the graphs).
+    _holds_xla: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def signature(self, signature_name: str) -> tf.types.experimental.ConcreteFunction:
         """The signature ``signature_name`` ("" means ``serving_default``)."""
@@ -106,7 +107,7 @@ class LoadedVersion:
         """
         signature_name = signature_name or DEFAULT_SIGNATURE
         function = self.signature(signature_name)
-        if not xla_enabled and signature_name in self.xla_signatures:
+        if not xla_enabled and self.holds_xla(signature_name):
             raise ServingError(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"model {self.name} version {self.version} signature {signature_name} holds "
@@ -119,6 +120,14 @@ class LoadedVersion:
         outputs = (run(arrays) if batcher is None
                    else batcher.run((self.name, self.version, signature_name), run, arrays))
         return encode_outputs({name: outputs[name] for name in output_names})
+
+    def holds_xla(self, signature_name: str) -> bool:
+        """Whether a signature calls a function that must be compiled with XLA (``jit_compile``)."""
+        if signature_name not in self._holds_xla:
+            library = self.signature(signature_name).graph.as_graph_def().library
+            self._holds_xla[signature_name] = any(
+                definition.attr["_XlaMustCompile"].b for definition in library.function)
+        return self._holds_xla[signature_name]
 
     def _run(self, signature_name: str, function, arrays: Mapping[str, np.ndarray]) -> dict:
         try:
@@ -159,15 +168,7 @@ def load_version(name: str, version: int, path: pathlib.Path,
     except Exception as error:
         raise RuntimeError(f"cannot load model {name!r} version {version} from {path}: "
                            f"{type(error).__name__}: {error}") from error
-    xla = frozenset(signature for signature, function in saved_model.signatures.items()
-                    if _holds_xla(function))
-    return LoadedVersion(name, version, path, saved_model, signature_defs, xla)
-
-
-def _holds_xla(function) -> bool:
-    """Whether a signature calls a function that must be compiled with XLA (``jit_compile``)."""
-    library = function.graph.as_graph_def().library
-    return any(definition.attr["_XlaMustCompile"].b for definition in library.function)
+    return LoadedVersion(name, version, path, saved_model, signature_defs)
 
 
 def _servable_request(model_spec: model_pb2.ModelSpec) -> str:

@@ -73,7 +73,7 @@ import tensorflow as tf
 
 from dns_tf.models.fingerprint import fingerprint
 from dns_tf.similarity_fast import comparator_weights
-from serving.fine_graph import REGIONS, FineGraph
+from serving.fine_graph import QUERIES_IN_FLIGHT, REGIONS, FineGraph
 from serving.model_config import (MODELS_CONFIG_FILE, available_versions,
                                   write_model_server_config)
 
@@ -220,10 +220,12 @@ class DnSModule(tf.Module):
     def _fine_similarity(self, query, query_length, targets, target_lengths):
         query_length = checked_lengths(query_length, tf.shape(query)[1], "query_length")
         target_lengths = checked_lengths(target_lengths, tf.shape(targets)[2], "target_lengths")
-        # Each query with its targets in one batched graph, the fast path's (serving.fine_graph).
+        # Each query with its targets in one batched graph, the fast path's (serving.fine_graph);
+        # queries merged by the server's batching run one after the other (QUERIES_IN_FLIGHT).
         similarity = tf.map_fn(lambda inputs: self.fine_graph.padded_batch_scores(*inputs),
                                (query, query_length, targets, target_lengths),
-                               fn_output_signature=tf.TensorSpec([None], tf.float32))
+                               fn_output_signature=tf.TensorSpec([None], tf.float32),
+                               parallel_iterations=QUERIES_IN_FLIGHT)
         return {"similarity": similarity}
 
     def _selector_scores(self, mlp_input):

@@ -40,6 +40,9 @@ CHUNK_FRAMES = 4 * CHUNK_UNIT
 GROUP = 32
 # Comparator batches in flight at once, as the fast path's two workers.
 GROUPS_IN_FLIGHT = 2
+# Queries of one merged batch scored at once: one, so a server's concurrency stays
+# num_batch_threads x GROUPS_IN_FLIGHT (each query's frame similarities alone are tens of MB).
+QUERIES_IN_FLIGHT = 1
 
 
 def padded_frames(length: tf.Tensor) -> tf.Tensor:

@@ -40,7 +40,7 @@ from dns_tf.models.fingerprint import fingerprint
 from dns_tf.retrieval import fine_kind_of
 from dns_tf.similarity_fast import comparator_weights
 from serving.export import checked_lengths, write_models_config, write_version
-from serving.fine_graph import REGIONS, FineGraph
+from serving.fine_graph import QUERIES_IN_FLIGHT, REGIONS, FineGraph
 from serving.model_config import available_versions
 
 STORE_MODEL = "dns_store"
@@ -118,7 +118,8 @@ class ResidentStoreModule(tf.Module):
         similarity, resident = tf.map_fn(
             one_query, (query, query_length, keys),
             fn_output_signature=(tf.TensorSpec([None], tf.float32),
-                                 tf.TensorSpec([None], tf.bool)))
+                                 tf.TensorSpec([None], tf.bool)),
+            parallel_iterations=QUERIES_IN_FLIGHT)
         batch = tf.shape(query)[:1]
         return {"similarity": similarity, "resident": resident,
                 "index_uid": tf.fill(batch, self.index_uid),

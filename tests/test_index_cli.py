@@ -5,12 +5,14 @@ import pickle
 import shutil
 
 import h5py
+import keras
 import numpy as np
 import pytest
 
 from dns_tf.cli import main
 from dns_tf.convert import load_official
 from dns_tf.index import VideoIndex
+from dns_tf.models import FineGrainedStudent
 from dns_tf.retrieval import DnSRetriever, LocalBackend, SearchConfig
 
 QUERIES = ["q0", "q1"]
@@ -169,10 +171,6 @@ def test_a_moved_index_still_searches(tmp_path, capsys, filled_index, features_h
 
 
 def test_networks_with_other_weights_are_refused(tmp_path, capsys, networks, features_h5):
-    import keras
-
-    from dns_tf.models import FineGrainedStudent
-
     fine = tmp_path / "fg_bin.keras"
     load_official(networks["fine"]).save(fine)
     path = tmp_path / "keras.idx"

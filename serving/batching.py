@@ -15,9 +15,8 @@ Serving's ``BatchingSession`` under a ``BatchingParameters`` file:
 
 Every input of a request must share its leading size; a request larger than ``max_batch_size``
 is refused (INVALID_ARGUMENT). The ``tensorflow-serving-api`` package does not ship the
-``BatchingParameters`` message, so its descriptor is declared here from
-``session_bundle_config.proto``; fields added by newer TF Serving releases are accepted and
-ignored.
+``BatchingParameters`` message (see :mod:`serving.declared_protos`); fields added by newer TF
+Serving releases are accepted and ignored.
 """
 
 from __future__ import annotations
@@ -31,9 +30,9 @@ from collections.abc import Callable, Hashable, Mapping
 
 import grpc
 import numpy as np
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
 from google.protobuf.message import Message
 
+from serving.declared_protos import declare_message
 from serving.model_config import read_text_proto
 from serving.status import ServingError
 
@@ -41,43 +40,16 @@ from serving.status import ServingError
 DEFAULT_MAX_BATCH_SIZE = 1000
 DEFAULT_MAX_ENQUEUED_BATCHES = 10
 
-_FIELDS = (  # name, number, type: as in tensorflow_serving/servables/tensorflow/session_bundle_config.proto
-    ("max_batch_size", 1, ".google.protobuf.Int64Value"),
-    ("batch_timeout_micros", 2, ".google.protobuf.Int64Value"),
-    ("max_enqueued_batches", 3, ".google.protobuf.Int64Value"),
-    ("num_batch_threads", 4, ".google.protobuf.Int64Value"),
-    ("thread_pool_name", 5, ".google.protobuf.StringValue"),
-    ("allowed_batch_sizes", 6, "int64"),
-    ("pad_variable_length_inputs", 7, "bool"),
-)
-
-
-def _batching_parameters_class() -> type[Message]:
-    pool = descriptor_pool.DescriptorPool()
-    wrappers = descriptor_pb2.FileDescriptorProto()
-    wrappers_pb2.DESCRIPTOR.CopyToProto(wrappers)
-    pool.Add(wrappers)
-    file = descriptor_pb2.FileDescriptorProto(
-        name="dns_tf/batching_parameters.proto", package="tensorflow.serving", syntax="proto3",
-        dependency=[wrappers.name])
-    message = file.message_type.add(name="BatchingParameters")
-    for name, number, type_name in _FIELDS:
-        field = message.field.add(name=name, number=number)
-        if type_name == "int64":
-            field.type = descriptor_pb2.FieldDescriptorProto.TYPE_INT64
-            field.label = descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED
-        elif type_name == "bool":
-            field.type = descriptor_pb2.FieldDescriptorProto.TYPE_BOOL
-            field.label = descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL
-        else:
-            field.type = descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE
-            field.label = descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL
-            field.type_name = type_name
-    pool.Add(file)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
-
-
-BatchingParameters = _batching_parameters_class()
+# As in tensorflow_serving/servables/tensorflow/session_bundle_config.proto.
+BatchingParameters = declare_message("BatchingParameters", (
+    ("max_batch_size", 1, ".google.protobuf.Int64Value", False),
+    ("batch_timeout_micros", 2, ".google.protobuf.Int64Value", False),
+    ("max_enqueued_batches", 3, ".google.protobuf.Int64Value", False),
+    ("num_batch_threads", 4, ".google.protobuf.Int64Value", False),
+    ("thread_pool_name", 5, ".google.protobuf.StringValue", False),
+    ("allowed_batch_sizes", 6, "int64", True),
+    ("pad_variable_length_inputs", 7, "bool", False),
+))
 
 
 def read_batching_parameters(path: str | os.PathLike) -> Message:

@@ -99,7 +99,7 @@ class ResidentStoreModule(tf.Module):
         return {"serving_default": self.rerank, RERANK_SIGNATURE: self.rerank}
 
     def _rerank(self, query, query_length, keys):
-        query_length = checked_lengths(query_length, tf.shape(query)[1], "query_length")
+        query_length = checked_lengths(query_length, query, "query_length")
         last = tf.size(self.keys) - 1
 
         def one_query(inputs):

@@ -32,7 +32,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
 from serving.batching import RequestBatcher
 from serving.model_config import ServableModel
 from serving.status import ServingError
-from serving.tensors import decode_inputs, encode_outputs
+from serving.tensors import InputLimits, decode_inputs, encode_outputs
 
 DEFAULT_SIGNATURE = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
 SERVE_TAGS = (tf.saved_model.SERVING,)
@@ -90,7 +90,7 @@ class LoadedVersion:
                                f'Serving signature key "{signature_name}" not found.') from None
 
     def predict(self, signature_name: str, inputs: Mapping[str, tensor_pb2.TensorProto],
-                output_filter: Sequence[str], max_input_bytes: int, *, xla_enabled: bool = True,
+                output_filter: Sequence[str], limits: InputLimits, *, xla_enabled: bool = True,
                 batcher: RequestBatcher | None = None) -> dict[str, tensor_pb2.TensorProto]:
         """Runs a signature on request tensors; the heart of ``Predict``.
 
@@ -98,7 +98,7 @@ class LoadedVersion:
             signature_name: the signature to run ("" means ``serving_default``).
             inputs: the request's ``inputs`` map, exactly the signature's inputs.
             output_filter: the outputs to return; empty means all.
-            max_input_bytes: the most bytes one decoded input may take.
+            limits: what one input may declare and decode to.
             xla_enabled: whether XLA-compiled functions may run (a GPU, or XLA on CPU enabled).
             batcher: merges this request with concurrent ones of the same signature.
 
@@ -115,7 +115,7 @@ class LoadedVersion:
                 f"--xla_cpu_compilation_enabled=true to compile them on CPU")
         output_names = _select_outputs(function.structured_outputs.keys(), output_filter)
         _, input_specs = function.structured_input_signature
-        arrays = decode_inputs(inputs, input_specs, max_input_bytes)
+        arrays = decode_inputs(inputs, input_specs, limits)
         run = functools.partial(self._run, signature_name, function)
         outputs = (run(arrays) if batcher is None
                    else batcher.run((self.name, self.version, signature_name), run, arrays))

@@ -14,7 +14,8 @@ Serving's ``BatchingSession`` under a ``BatchingParameters`` file:
 * outputs are split along the leading axis; other axes stay as the merged run produced them.
 
 Every input of a request must share its leading size; a request larger than ``max_batch_size``
-is refused (INVALID_ARGUMENT). The ``tensorflow-serving-api`` package does not ship the
+is refused (INVALID_ARGUMENT). Unlike TF Serving, which refuses them, requests with a scalar input
+(no batch axis to merge along) run alone, unbatched. The ``tensorflow-serving-api`` package does not ship the
 ``BatchingParameters`` message (see :mod:`serving.declared_protos`); fields added by newer TF
 Serving releases are accepted and ignored.
 """
@@ -133,8 +134,10 @@ class RequestBatcher:
 
         ``run`` computes a merged batch (every request of ``key`` passes an equivalent one).
         """
-        sizes = {len(array) if np.ndim(array) else None for array in arrays.values()}
-        if len(sizes) != 1 or None in sizes:
+        if any(np.ndim(array) == 0 for array in arrays.values()):
+            return run(arrays)  # nothing to merge along
+        sizes = {len(array) for array in arrays.values()}
+        if len(sizes) != 1:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                "Batching session Run() input tensors must have equal "
                                "0th-dimension size")

@@ -69,6 +69,8 @@ def test_a_full_batch_runs_at_once_and_oversized_requests_are_refused():
     assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT
     with pytest.raises(ServingError, match="equal 0th-dimension"):
         batcher.run("key", run, {"x": np.ones((2, 1)), "y": np.ones((3, 1))})
+    # A scalar input has no batch axis: such a request runs alone.
+    assert batcher.run("key", lambda arrays: {"n": arrays["n"] + 1}, {"n": np.int32(4)})["n"] == 5
     batcher.stop()
 
 

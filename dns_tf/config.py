@@ -2,7 +2,9 @@
 
 A flag and its default exist in exactly one place: the dataclass field. ``add_arguments`` turns the
 fields of a config class into ``--flags`` of an ``argparse`` parser, ``from_arguments`` builds the
-config back from the parsed namespace. A field's help text is its ``metadata["help"]``.
+config back from the parsed namespace. A field's help text is its ``metadata["help"]``. A boolean
+field is ``--flag`` / ``--no-flag``; with ``metadata["explicit_value"]`` it also takes
+``--flag=true|false``, the spelling of ``tensorflow_model_server``'s flags.
 
 Example:
 
@@ -45,6 +47,25 @@ def _flag_type(annotation: Any) -> tuple[Any, bool]:
     return annotation, False
 
 
+class _ExplicitBool(argparse.Action):
+    """``--flag``, ``--no-flag`` or ``--flag=true|false``."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        name = option_strings[0]
+        super().__init__([name, "--no-" + name[2:]], dest, nargs="?", **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string.startswith("--no-"):
+            value = False
+        elif values is None or values.lower() in ("true", "1"):
+            value = True
+        elif values.lower() in ("false", "0"):
+            value = False
+        else:
+            parser.error(f"{option_string} takes true or false, got {values!r}")
+        setattr(namespace, self.dest, value)
+
+
 def add_arguments(parser: argparse.ArgumentParser, config_cls: type, prefix: str = "") -> None:
     """Adds one ``--<prefix><field>`` flag per field of the dataclass ``config_cls``."""
     hints = typing.get_type_hints(config_cls)
@@ -57,7 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser, config_cls: type, prefix: str
         help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
         kwargs: dict[str, Any] = {"dest": prefix + f.name, "default": default}
         if kind is bool:
-            parser.add_argument(name, action=argparse.BooleanOptionalAction,
+            action = (_ExplicitBool if f.metadata.get("explicit_value")
+                      else argparse.BooleanOptionalAction)
+            parser.add_argument(name, action=action,
                                 help=f"{help_text} (default: {default})", **kwargs)
             continue
         if is_sequence:

@@ -30,6 +30,7 @@ def _kb(nbytes: float) -> float:
 def build_index(path: pathlib.Path, backend, features, database, batch: int = 8):
     """Indexes the database videos through ``backend`` into a :class:`VideoIndex` at ``path``."""
     from dns_tf.index.store import VideoIndex
+    from dns_tf.retrieval import index_metadata
 
     if path.exists():
         index = VideoIndex.open(str(path))
@@ -39,7 +40,8 @@ def build_index(path: pathlib.Path, backend, features, database, batch: int = 8)
         regions, width = probe.fine[0].shape[1:]
         index = VideoIndex.create(
             str(path), coarse_dims=probe.coarse.shape[1], fine_kind=backend.fine_kind,
-            fine_shape_tail=(regions, width * 8 if backend.fine_kind == "bits" else width))
+            fine_shape_tail=(regions, width * 8 if backend.fine_kind == "bits" else width),
+            metadata=index_metadata(backend))  # the networks' fingerprints (and server)
     todo = [video_id for video_id in database if video_id not in index]
     for start in range(0, len(todo), batch):
         chosen = todo[start:start + batch]
@@ -85,7 +87,8 @@ def evaluate_demo(root: pathlib.Path, collection, teacher, teacher_features, stu
         rows.append({"method": name, "DSVR": accuracy(matrix), "ms_per_query": 1e3 * seconds,
                      "kb_per_video": _kb(frames.mean() * bytes_per_frame)})
 
-    server = ModelServer(str(models_config), port=0)
+    # XLA on CPU: the binarization student's popcount kernel, as tensorflow_model_server needs.
+    server = ModelServer(str(models_config), port=0, xla_cpu_compilation_enabled=True)
     port = server.start()
     say(f"embedded TF Serving API on 127.0.0.1:{port}")
     try:

@@ -11,7 +11,12 @@ The networks sit behind a small backend interface so that the same search runs i
 
 - ``index(videos [B, T, R, D], mask [B, T]) -> IndexedVideos`` (fine parts in their stored form);
 - ``fine_similarity(query_fine, target_fines) -> [N]`` over stored fine representations;
-- ``selector_scores(mlp_input [N, 3]) -> [N]``.
+- ``selector_scores(mlp_input [N, 3]) -> [N]``;
+- ``fingerprints``: ``{"coarse", "fine", "selector": weight fingerprint}``
+  (:mod:`dns_tf.models.fingerprint`); an index that records the fingerprints it was built with
+  refuses a backend whose networks differ;
+- optionally ``fine_scores_in_index(query_fine, index, video_ids) -> [N]``, for a backend that
+  reads the targets itself (a server holding the index's fine representations).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import numpy as np
 from dns_tf.config import field
 from dns_tf.index.fine_store import pack_bits
 from dns_tf.index.store import VideoIndex
+from dns_tf.models.fingerprint import fingerprint
 
 SEARCH_MODES = ("dns", "coarse", "fine")
 
@@ -118,6 +124,7 @@ class Ranking:
 
 class Backend(Protocol):
     fine_kind: str
+    fingerprints: dict[str, str]
 
     def index(self, videos: np.ndarray, mask: np.ndarray) -> IndexedVideos: ...
 
@@ -125,6 +132,30 @@ class Backend(Protocol):
                         target_fines: Sequence[np.ndarray]) -> np.ndarray: ...
 
     def selector_scores(self, mlp_input: np.ndarray) -> np.ndarray: ...
+
+
+def index_metadata(backend) -> dict:
+    """What an index built with ``backend`` records about its networks: their fingerprints, and
+    where they were served (the model name and version, for a server backend)."""
+    return {"fingerprints": dict(backend.fingerprints),
+            **getattr(backend, "provenance", {})}
+
+
+def check_fingerprints(index: VideoIndex, backend) -> None:
+    """Refuses ``backend`` when ``index`` records networks with other weights (ValueError
+    naming both)."""
+    recorded = index.metadata.get("fingerprints")
+    if not recorded:
+        return
+    actual = backend.fingerprints
+    differ = sorted(name for name in recorded if actual.get(name) != recorded[name])
+    if differ:
+        where = getattr(backend, "description", type(backend).__name__)
+        raise ValueError(
+            f"index at {index.path} was built with other networks than {where} runs: "
+            + "; ".join(f"{name} {recorded[name]} in the index, {actual.get(name)} in the "
+                        f"backend" for name in differ)
+            + " (search with the networks the index was built with, or rebuild the index)")
 
 
 def fine_kind_of(fine_student) -> str:
@@ -164,6 +195,8 @@ class LocalBackend:
         self.selector = selector
         self.batch_size = batch_size
         self.fine_kind = fine_kind_of(fine_student)
+        self.fingerprints = {"coarse": fingerprint(coarse_student),
+                             "fine": fingerprint(fine_student), "selector": fingerprint(selector)}
         self.fast_similarity = FastFineSimilarity(fine_student, batch_size=batch_size)
 
     @property
@@ -214,6 +247,7 @@ class DnSRetriever:
         if index.fine_kind != backend.fine_kind:
             raise ValueError(f"index at {index.path} stores '{index.fine_kind}' fine "
                              f"representations, the fine student produces '{backend.fine_kind}'")
+        check_fingerprints(index, backend)
         self.index = index
         self.backend = backend
         self.config = config
@@ -281,9 +315,14 @@ class DnSRetriever:
                     chunk: int = 4096) -> np.ndarray:
         """Fine similarities ``[N]`` in [-1, 1] of a stored query representation with indexed
         videos, reading ``chunk`` stored representations at a time (bounded memory)."""
+        in_index = getattr(self.backend, "fine_scores_in_index", None)
         scores = [np.zeros(0, np.float32)]
         for start in range(0, len(video_ids), chunk):
-            records = self.index.get_many(video_ids[start:start + chunk])
+            ids = video_ids[start:start + chunk]
+            if in_index is not None:  # the backend reads the targets itself
+                scores.append(in_index(query_fine, self.index, ids))
+                continue
+            records = self.index.get_many(ids)
             scores.append(self.backend.fine_similarity(query_fine, [r.fine for r in records]))
         return np.concatenate(scores)
 

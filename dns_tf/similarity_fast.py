@@ -180,6 +180,20 @@ def hamming_region_sums(query, frames, bits, regions):
     return total
 
 
+def hamming_similarity(sums, regions: int, bits):
+    """``[Tq, X]`` float32 frame similarities from :func:`hamming_region_sums`: as ``reduce_mean``
+    on the float path, the exact sum divided by R, then scaled by ``1 / bits``."""
+    return tf.cast(sums, tf.float32) / regions * (1.0 / bits)
+
+
+def comparator_weights(student) -> list:
+    """Kernel and bias of the comparator's three 3x3 convolutions and its 1x1 one, in the order
+    :func:`compare_batch` takes them (Keras variables)."""
+    comparator = student.comparator
+    return [weight for layer in (*comparator.convolutions, comparator.final_convolution)
+            for weight in (layer.kernel, layer.bias)]
+
+
 _WEIGHT_SPECS = [tf.TensorSpec([None, None, None, None], tf.float32),
                  tf.TensorSpec([None], tf.float32)] * 4
 
@@ -258,10 +272,7 @@ class FastFineSimilarity:
             raise ValueError(f"codes of {student.bits} bits overflow the int16 popcount sums")
         self.batch_size = batch_size
         self.workers = workers or min(2, os.cpu_count() or 1)
-        comparator = student.comparator
-        layers = [*comparator.convolutions, comparator.final_convolution]
-        self._weights = [tf.constant(weight.numpy()) for layer in layers
-                         for weight in (layer.kernel, layer.bias)]
+        self._weights = [tf.constant(weight.numpy()) for weight in comparator_weights(student)]
         self._pool = concurrent.futures.ThreadPoolExecutor(self.workers)
 
     def __call__(self, query: np.ndarray, targets: Sequence[np.ndarray]) -> np.ndarray:
@@ -350,8 +361,7 @@ class FastFineSimilarity:
             sums.append(hamming_region_sums(query.reshape(-1, words), chunk.reshape(words, -1),
                                             np.int32(self.bits), regions))
             start += size
-        # As reduce_mean on the float path: an exact sum divided by R, then scaled by 1 / bits.
-        return tf.cast(tf.concat(sums, axis=1), tf.float32) / regions * (1.0 / self.bits)
+        return hamming_similarity(tf.concat(sums, axis=1), regions, self.bits)
 
 
 def _columns(lengths: np.ndarray) -> np.ndarray:

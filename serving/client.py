@@ -39,6 +39,7 @@ from dns_tf.data.padding import padded_batch_from_arrays
 from dns_tf.retrieval import IndexedVideos
 from serving.config import ClientConfig, ServeConfig
 from serving.export import DNS_MODEL, FEATURES_MODEL, TEACHER_MODEL
+from serving.resident_store import STORE_MODEL, ResidentStore
 from serving.tls import channel_credentials
 
 RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
@@ -256,10 +257,13 @@ class RemoteBackend(_RemoteModel):
         client_options: other :class:`ServingClient` options (``ssl_ca``, ``ssl_cert``,
             ``ssl_key``, ...), when ``target`` is an address.
         videos_per_request: videos per ``index`` request, at most.
-        targets_per_request: target videos per ``fine_similarity`` request, at most.
+        targets_per_request: target videos per ``fine_similarity`` request, and candidates per
+            resident-store ``rerank`` request, at most.
         parallel_requests: re-ranking requests in flight at once.
         max_input_elements: requests are cut so that no input tensor declares more elements
             than this (the server's ``--max_input_elements``).
+        store_models: served resident stores (:mod:`serving.resident_store`) to look for an
+            index's store in (one per shard); an index without one has its targets shipped.
     """
 
     def __init__(self, target: ServingClient | str, model_name: str = DNS_MODEL,
@@ -267,7 +271,8 @@ class RemoteBackend(_RemoteModel):
                  retries: int = ClientConfig.retries,
                  videos_per_request: int = 8, targets_per_request: int = 64,
                  parallel_requests: int = 4,
-                 max_input_elements: int = ServeConfig.max_input_elements, **client_options):
+                 max_input_elements: int = ServeConfig.max_input_elements,
+                 store_models: Sequence[str] = (STORE_MODEL,), **client_options):
         super().__init__(target, model_name, version, timeout=timeout, retries=retries,
                          **client_options)
         if min(videos_per_request, targets_per_request, parallel_requests, max_input_elements) < 1:
@@ -277,6 +282,66 @@ class RemoteBackend(_RemoteModel):
         self.videos_per_request = videos_per_request
         self.targets_per_request = targets_per_request
         self.parallel_requests = parallel_requests
+        self.store_models = tuple(store_models)
+        self._stores: dict[str, ResidentStore | None] = {}
+
+    @property
+    def description(self) -> str:
+        return f"model {self.model_name!r} version {self.version} at {self.client.target}"
+
+    @functools.cached_property
+    def fingerprints(self) -> dict[str, str]:
+        """``{"coarse", "fine", "selector": weight fingerprint}`` of the served networks."""
+        outputs = self.predict("model_identity", batch=np.zeros(1, np.int32))
+        return {network: value[0].decode() for network, value in outputs.items()}
+
+    @property
+    def provenance(self) -> dict:
+        """What an index built through this backend records about where its networks ran."""
+        return {"served_model": {"server": self.client.target, "name": self.model_name,
+                                 "version": self.version}}
+
+    def store_for(self, index) -> ResidentStore | None:
+        """The resident store found for ``index`` so far (None: none, or not looked for yet)."""
+        with self._lock:
+            return self._stores.get(index.uid)
+
+    def _resident_store(self, index, query: np.ndarray) -> ResidentStore | None:
+        """The served store holding ``index`` (None: none does, targets are shipped)."""
+        with self._lock:
+            if index.uid in self._stores:
+                return self._stores[index.uid]
+        found = None
+        for name in self.store_models:
+            model = _RemoteModel(self.client, name, None)
+            try:
+                model.signature("rerank")
+            except (ServingRequestError, ValueError):  # not served, or not a store
+                continue
+            store = ResidentStore(model, index.uid, self.fingerprints["fine"],
+                                  self.targets_per_request, self.parallel_requests)
+            if store.held_index(query) == index.uid:
+                found = store
+                break
+        with self._lock:
+            self._stores[index.uid] = found
+        return found
+
+    def fine_scores_in_index(self, query_fine: np.ndarray, index,
+                             video_ids: Sequence[str]) -> np.ndarray:
+        """Fine similarities ``[N]`` of a stored query with videos of ``index``: by row key from
+        the index's resident store when the server has one (8 bytes per candidate), else, and
+        for videos added since the store was exported, by shipping their representations."""
+        query = self._stored(query_fine, "query")
+        store = self._resident_store(index, query) if len(video_ids) else None
+        if store is None:
+            return self.fine_similarity(query, [r.fine for r in index.get_many(video_ids)])
+        scores, resident = store.scores(query, index.keys(video_ids))
+        missing = np.flatnonzero(~resident)
+        if len(missing):
+            records = index.get_many([video_ids[i] for i in missing])
+            scores[missing] = self.fine_similarity(query, [r.fine for r in records])
+        return scores
 
     @functools.cached_property
     def fine_kind(self) -> str:

@@ -62,14 +62,9 @@ def _log_batching(config: ServeConfig, logger: logging.Logger) -> None:
 
     if config.batching_parameters_file and not config.enable_batching:
         logger.warning("--batching_parameters_file is ignored without --enable_batching")
-        return
-    if not config.enable_batching:
-        return
-    if config.batching_parameters_file:
+    elif config.batching_parameters_file:
         parameters = read_batching_parameters(config.batching_parameters_file)
         logger.info("batching parameters: %s", text_format.MessageToString(parameters, as_one_line=True))
-    logger.warning("--enable_batching: the embedded server batches only within a request "
-                   "(clients send [B, ...] tensors); requests are not merged")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,7 +86,11 @@ def run(args: argparse.Namespace) -> int:
                                  max_workers=config.grpc_max_threads or None,
                                  max_request_bytes=config.max_request_bytes,
                                  max_input_elements=config.max_input_elements,
-                                 saved_model_tags=[tag.strip() for tag in config.saved_model_tags.split(",")])
+                                 saved_model_tags=[tag.strip() for tag in config.saved_model_tags.split(",")],
+                                 enable_batching=config.enable_batching,
+                                 batching_parameters_file=(config.batching_parameters_file
+                                                           if config.enable_batching else None),
+                                 xla_cpu_compilation_enabled=config.xla_cpu_compilation_enabled)
             port = server.start()
         except (OSError, ValueError, RuntimeError) as error:
             print(f"dns-tf serve: error: {error}", file=sys.stderr)

@@ -30,9 +30,15 @@ class ServeConfig:
                                              "shape's product); beyond it: RESOURCE_EXHAUSTED")
     saved_model_tags: str = field("serve", "comma-separated MetaGraph tags to load")
     shutdown_grace_seconds: float = field(10.0, "on SIGTERM/SIGINT, how long in-flight requests may finish")
-    enable_batching: bool = field(False, "accepted for TF Serving compatibility: the embedded server "
-                                         "runs each request as one batch and does not batch across requests")
-    batching_parameters_file: str | None = field(None, "BatchingParameters text proto, checked and logged")
+    enable_batching: bool = field(False, "merge concurrent requests of one signature into one run, "
+                                         "as TF Serving", explicit_value=True)
+    batching_parameters_file: str | None = field(None, "BatchingParameters text proto for "
+                                                       "--enable_batching (default: TF Serving's "
+                                                       "scheduler defaults)")
+    xla_cpu_compilation_enabled: bool = field(False, "compile XLA functions (jit_compile, e.g. the "
+                                                     "binarization student's popcount kernel) on "
+                                                     "CPU, as tensorflow_model_server's flag",
+                                              explicit_value=True)
 
 
 def check_server_settings(port: int, max_request_bytes: int, max_input_elements: int) -> None:

@@ -6,6 +6,7 @@ An export writes versioned SavedModels in TF Serving's layout, plus the server's
                                      only valid for the students it was trained with)
     <base>/dns_features/<version>/   uint8 frames -> region features      (with a feature extractor)
     <base>/dns_teacher/<version>/    ViSiL similarity of video pairs      (with a teacher)
+    <base>/dns_store/<version>/      an index's fine representations, resident (serving.resident_store)
     <base>/models.config             ModelServerConfig listing the models under <base>
     <base>/batching_parameters.txt   BatchingParameters for --enable_batching
 
@@ -21,13 +22,19 @@ Serving's ``--enable_batching`` requires):
 
     ``fine_similarity``: ``query`` [B, T, R, C], ``query_length`` int32 [B], ``targets``
     [B, N, T', R, C], ``target_lengths`` int32 [B, N] -> ``similarity`` float32 [B, N] (query b
-    against its N targets; representations in their stored form).
+    against its N targets; representations in their stored form; R = 9). One batched graph, the
+    in-process fast path's (:mod:`serving.fine_graph`); for binarization students it holds an
+    XLA-compiled popcount kernel (CPU servers: ``--xla_cpu_compilation_enabled=true``).
 
     ``selector_scores``: ``mlp_input`` float32 [B, N, 3] (query score, target score, coarse
     similarity) -> ``score`` float32 [B, N].
 
     ``coarse_similarity``: ``query`` float32 [B, Dc], ``targets`` float32 [B, N, Dc]
     -> ``similarity`` float32 [B, N].
+
+    ``model_identity``: ``batch`` int32 [B] (any values) -> ``coarse``, ``fine``, ``selector``
+    string [B]: the networks' weight fingerprints (:mod:`dns_tf.models.fingerprint`), which
+    indexes record and clients check.
 
 ``dns_features``
     ``features`` (also ``serving_default``): ``frames`` uint8 [T, S, S, 3] (S: the export's frame
@@ -64,6 +71,9 @@ from collections.abc import Mapping
 
 import tensorflow as tf
 
+from dns_tf.models.fingerprint import fingerprint
+from dns_tf.similarity_fast import comparator_weights
+from serving.fine_graph import QUERIES_IN_FLIGHT, REGIONS, FineGraph
 from serving.model_config import (MODELS_CONFIG_FILE, available_versions,
                                   write_model_server_config)
 
@@ -81,16 +91,13 @@ BATCHING_PARAMETERS = """\
 # TF Serving BatchingParameters (tensorflow_model_server --enable_batching
 # --batching_parameters_file=...). Every dns-tf signature is batch-major; variable-length
 # axes (frames, targets) are padded across merged requests and cut by lengths in the graph.
-# num_batch_threads: the CPU cores of the machine that exported; set the server's.
+# num_batch_threads is left out: both servers then take the serving machine's cores.
 max_batch_size { value: 64 }
 batch_timeout_micros { value: 2000 }
 max_enqueued_batches { value: 256 }
-num_batch_threads { value: %(threads)d }
 pad_variable_length_inputs: true
 """
 
-# Pairs compared at the same time within one request (independent loop iterations).
-PARALLEL_PAIRS = 16
 _BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)  # np.packbits order: the first code is the high bit
 
 
@@ -175,28 +182,31 @@ class DnSModule(tf.Module):
         self.index = tf.function(self._index, input_signature=[
             tf.TensorSpec([None, None, None, dims], tf.float32, name="features"),
             tf.TensorSpec([None], tf.int32, name="lengths")])
+        self.fine_graph = FineGraph(fine.bits if self.bits else None, comparator_weights(fine))
         self.fine_similarity = tf.function(self._fine_similarity, input_signature=[
-            tf.TensorSpec([None, None, None, fine_size], fine_dtype, name="query"),
+            tf.TensorSpec([None, None, REGIONS, fine_size], fine_dtype, name="query"),
             tf.TensorSpec([None], tf.int32, name="query_length"),
-            tf.TensorSpec([None, None, None, None, fine_size], fine_dtype, name="targets"),
+            tf.TensorSpec([None, None, None, REGIONS, fine_size], fine_dtype, name="targets"),
             tf.TensorSpec([None, None], tf.int32, name="target_lengths")])
         self.selector_scores = tf.function(self._selector_scores, input_signature=[
             tf.TensorSpec([None, None, 3], tf.float32, name="mlp_input")])
         self.coarse_similarity = tf.function(self._coarse_similarity, input_signature=[
             tf.TensorSpec([None, coarse_dims], tf.float32, name="query"),
             tf.TensorSpec([None, None, coarse_dims], tf.float32, name="targets")])
+        self.fingerprints = {"coarse": fingerprint(coarse), "fine": fingerprint(fine),
+                             "selector": fingerprint(selector)}
+        self.model_identity = tf.function(self._model_identity, input_signature=[
+            tf.TensorSpec([None], tf.int32, name="batch")])
 
     def serving_signatures(self) -> dict:
         return {"serving_default": self.index, "index": self.index,
                 "fine_similarity": self.fine_similarity,
                 "selector_scores": self.selector_scores,
-                "coarse_similarity": self.coarse_similarity}
+                "coarse_similarity": self.coarse_similarity,
+                "model_identity": self.model_identity}
 
     def _to_stored(self, fine):
         return pack_codes(fine) if self.bits else tf.cast(fine, tf.float16)
-
-    def _from_stored(self, fine):
-        return unpack_codes(fine) if self.bits else tf.cast(fine, tf.float32)
 
     def _index(self, features, lengths):
         networks = self._networks
@@ -216,25 +226,12 @@ class DnSModule(tf.Module):
     def _fine_similarity(self, query, query_length, targets, target_lengths):
         query_length = checked_lengths(query_length, query, "query_length")
         target_lengths = checked_lengths(target_lengths, targets, "target_lengths")
-        fine = self._networks.fine
-
-        def video(stored, length):
-            # Unpadded, as the authors compare pairs (the comparator itself treats videos shorter
-            # than its MIN_FRAMES as padded with zero-similarity frames).
-            return self._from_stored(stored[:length])[None]
-
-        def one_query(inputs):
-            query, query_length, targets, target_lengths = inputs
-            query = video(query, query_length)
-
-            def one_target(inputs):
-                return fine.calculate_video_similarity(query, video(*inputs))[0, 0]
-
-            return tf.map_fn(one_target, (targets, target_lengths), fn_output_signature=tf.float32,
-                             parallel_iterations=PARALLEL_PAIRS)
-
-        similarity = tf.map_fn(one_query, (query, query_length, targets, target_lengths),
-                               fn_output_signature=tf.TensorSpec([None], tf.float32))
+        # Each query with its targets in one batched graph, the fast path's (serving.fine_graph);
+        # queries merged by the server's batching run one after the other (QUERIES_IN_FLIGHT).
+        similarity = tf.map_fn(lambda inputs: self.fine_graph.padded_batch_scores(*inputs),
+                               (query, query_length, targets, target_lengths),
+                               fn_output_signature=tf.TensorSpec([None], tf.float32),
+                               parallel_iterations=QUERIES_IN_FLIGHT)
         return {"similarity": similarity}
 
     def _selector_scores(self, mlp_input):
@@ -244,6 +241,11 @@ class DnSModule(tf.Module):
 
     def _coarse_similarity(self, query, targets):
         return {"similarity": tf.einsum("bd,bnd->bn", query, targets)}
+
+    def _model_identity(self, batch):
+        # The networks' weight fingerprints, so clients and indexes can tell exports apart.
+        return {network: tf.fill(tf.shape(batch), value)
+                for network, value in self.fingerprints.items()}
 
 
 class FeaturesModule(tf.Module):
@@ -330,6 +332,15 @@ def write_version(module: tf.Module, base_path: str | os.PathLike, version: int)
     return target
 
 
+def write_models_config(base: pathlib.Path, serving_root: str | None = None) -> pathlib.Path:
+    """``<base>/models.config`` listing every model exported under ``base`` (the ``dns`` models
+    and any resident stores), at ``serving_root`` (default: ``base``'s absolute path)."""
+    root = serving_root or str(base.resolve())
+    served = {child.name: f"{root.rstrip('/')}/{child.name}" for child in sorted(base.iterdir())
+              if child.is_dir() and available_versions(child)}
+    return write_model_server_config(base / MODELS_CONFIG_FILE, served)
+
+
 def next_version(base: str | os.PathLike) -> int:
     """One more than the newest version of any model under ``base`` (1 for a new export)."""
     versions = [0]
@@ -386,11 +397,8 @@ def export_models(base: str | os.PathLike, coarse, fine, selector, *, teacher=No
             raise FileExistsError(f"{base / name / str(version)} exists already; choose another "
                                   f"--version (next free: {next_version(base)})")
     written = {name: write_version(module, base / name, version) for name, module in modules.items()}
-    root = serving_root or str(base.resolve())
-    served = {name: f"{root.rstrip('/')}/{name}" for name in MODEL_NAMES
-              if (base / name).is_dir() and available_versions(base / name)}
-    models_config = write_model_server_config(base / MODELS_CONFIG_FILE, served)
+    models_config = write_models_config(base, serving_root)
     batching = base / BATCHING_PARAMETERS_FILE
-    batching.write_text(BATCHING_PARAMETERS % {"threads": os.cpu_count() or 1}, encoding="utf-8")
+    batching.write_text(BATCHING_PARAMETERS, encoding="utf-8")
     return ExportResult(version, written, models_config, batching)
 

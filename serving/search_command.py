@@ -6,7 +6,11 @@
 
 Coarse retrieval runs here, on the index (ScaNN or exact); indexing the query, the selector and
 the fine re-ranking run on the server's ``dns`` model (``dns-tf export``), pinned to one version
-for the whole run (over TLS with --ssl_ca, --ssl_cert/--ssl_key). With ``--video`` the file is decoded here and its frames go to the server's
+for the whole run (over TLS with --ssl_ca, --ssl_cert/--ssl_key). When the server holds the index's
+resident fine store (``dns-tf export --index``), re-ranking sends the candidates' row keys;
+otherwise their fine representations. An index built with networks other than the served ones is
+refused (their fingerprints differ). With ``--video`` the file is decoded here and its frames go
+to the server's
 ``dns_features`` model. Prints one ranking per query (``--json``: one JSON object). Exit code 0,
 or 1 when the index, a query or the server fails (the message says which).
 """
@@ -33,6 +37,9 @@ class RemoteModelsConfig:
     version: int | None = field(None, "model version (default: the newest at start, kept for "
                                       "the whole run)")
     fps: float = field(1.0, "frames per second decoded from --video files")
+    store_model: list[str] = field(["dns_store"], "served resident fine stores to look for the "
+                                                  "index's in (dns-tf export --index); without "
+                                                  "one the targets are sent with each query")
 
 
 def register(subparsers) -> None:
@@ -94,7 +101,8 @@ def run(args) -> int:
     try:
         with ServingClient(remote.server, **dataclasses.asdict(client_config)) as client, \
                 VideoIndex.open(args.index, readonly=True) as index:
-            backend = RemoteBackend(client, remote.model, remote.version)
+            backend = RemoteBackend(client, remote.model, remote.version,
+                                    store_models=remote.store_model)
             retriever = DnSRetriever(index, backend, search_config)
             for name, features in _queries(args, remote, client):
                 ranking = retriever.search(features)

@@ -6,23 +6,30 @@ against TF Serving handles our errors unchanged:
 * unknown model or version: ``NOT_FOUND`` ("Servable not found for request: Latest(name)");
 * unknown version label: ``INVALID_ARGUMENT`` ("Unrecognized servable version label: ...");
 * unknown signature: ``FAILED_PRECONDITION`` ('Serving signature key "x" not found.').
+
+Signatures holding XLA-compiled functions (``jit_compile``) run only where TF Serving would run
+them: on a GPU, or on CPU with ``--xla_cpu_compilation_enabled=true``; elsewhere they fail with
+``FAILED_PRECONDITION`` naming the flag, like ``tensorflow_model_server`` fails them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import pathlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
+import numpy as np
 import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow.core.framework import tensor_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
 
+from serving.batching import RequestBatcher
 from serving.model_config import ServableModel
 from serving.status import ServingError
 from serving.tensors import InputLimits, decode_inputs, encode_outputs
@@ -69,6 +76,9 @@ class LoadedVersion:
     path: pathlib.Path
     saved_model: Any
     signature_defs: get_model_metadata_pb2.SignatureDefMap
+    # Signature name -> whether it holds XLA-compiled functions; filled on first need only (a
+    # server with XLA enabled never inspects the graphs).
+    _holds_xla: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def signature(self, signature_name: str) -> tf.types.experimental.ConcreteFunction:
         """The signature ``signature_name`` ("" means ``serving_default``)."""
@@ -80,7 +90,8 @@ class LoadedVersion:
                                f'Serving signature key "{signature_name}" not found.') from None
 
     def predict(self, signature_name: str, inputs: Mapping[str, tensor_pb2.TensorProto],
-                output_filter: Sequence[str], limits: InputLimits) -> dict[str, tensor_pb2.TensorProto]:
+                output_filter: Sequence[str], limits: InputLimits, *, xla_enabled: bool = True,
+                batcher: RequestBatcher | None = None) -> dict[str, tensor_pb2.TensorProto]:
         """Runs a signature on request tensors; the heart of ``Predict``.
 
         Args:
@@ -88,14 +99,37 @@ class LoadedVersion:
             inputs: the request's ``inputs`` map, exactly the signature's inputs.
             output_filter: the outputs to return; empty means all.
             limits: what one input may declare and decode to.
+            xla_enabled: whether XLA-compiled functions may run (a GPU, or XLA on CPU enabled).
+            batcher: merges this request with concurrent ones of the same signature.
 
         Returns:
             The requested outputs as ``TensorProto``s.
         """
+        signature_name = signature_name or DEFAULT_SIGNATURE
         function = self.signature(signature_name)
+        if not xla_enabled and self.holds_xla(signature_name):
+            raise ServingError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"model {self.name} version {self.version} signature {signature_name} holds "
+                f"XLA-compiled functions and no GPU is available; start the server with "
+                f"--xla_cpu_compilation_enabled=true to compile them on CPU")
         output_names = _select_outputs(function.structured_outputs.keys(), output_filter)
         _, input_specs = function.structured_input_signature
         arrays = decode_inputs(inputs, input_specs, limits)
+        run = functools.partial(self._run, signature_name, function)
+        outputs = (run(arrays) if batcher is None
+                   else batcher.run((self.name, self.version, signature_name), run, arrays))
+        return encode_outputs({name: outputs[name] for name in output_names})
+
+    def holds_xla(self, signature_name: str) -> bool:
+        """Whether a signature calls a function that must be compiled with XLA (``jit_compile``)."""
+        if signature_name not in self._holds_xla:
+            library = self.signature(signature_name).graph.as_graph_def().library
+            self._holds_xla[signature_name] = any(
+                definition.attr["_XlaMustCompile"].b for definition in library.function)
+        return self._holds_xla[signature_name]
+
+    def _run(self, signature_name: str, function, arrays: Mapping[str, np.ndarray]) -> dict:
         try:
             outputs = function(**{name: tf.constant(array) for name, array in arrays.items()})
         except tf.errors.OpError as error:
@@ -104,8 +138,8 @@ class LoadedVersion:
             raise ServingError(
                 grpc.StatusCode.INTERNAL,
                 f"model {self.name} version {self.version} signature "
-                f"{signature_name or DEFAULT_SIGNATURE} failed: {type(error).__name__}: {error}") from error
-        return encode_outputs({name: outputs[name] for name in output_names})
+                f"{signature_name} failed: {type(error).__name__}: {error}") from error
+        return {name: value.numpy() for name, value in outputs.items()}
 
 
 def _select_outputs(available: Iterable[str], output_filter: Sequence[str]) -> list[str]:

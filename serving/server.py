@@ -6,7 +6,11 @@ It implements ``tensorflow.serving.PredictionService`` (``Predict``, ``GetModelM
 to it unchanged. ``Classify``, ``Regress``, ``MultiInference`` and ``HandleReloadConfigRequest``
 answer ``UNIMPLEMENTED``.
 
-Requests run concurrently on a thread pool (TensorFlow releases the GIL while a signature runs).
+Requests run concurrently on a thread pool (TensorFlow releases the GIL while a signature runs);
+with ``enable_batching`` concurrent requests of one signature are merged into one run, as TF
+Serving's ``--enable_batching`` does (:mod:`serving.batching`). Signatures holding XLA-compiled
+functions run on CPU only with ``xla_cpu_compilation_enabled`` (TF Serving's
+``--xla_cpu_compilation_enabled``), or on a GPU.
 Every bad request is answered with a status code and a message, never a crash:
 
 =============================================  =====================
@@ -41,12 +45,14 @@ from concurrent import futures
 from typing import TypeVar
 
 import grpc
+import tensorflow as tf
 from google.protobuf.message import Message
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_pb2,
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc, status_pb2)
 from tensorflow_serving.config import model_server_config_pb2
 
+from serving.batching import BatchingParameters, RequestBatcher, read_batching_parameters
 from serving.config import ServeConfig, check_server_settings
 from serving.model_config import models_config, read_model_server_config, resolve_servable_models
 from serving.servables import DEFAULT_SIGNATURE, SERVE_TAGS, LoadedVersion, ModelRepository
@@ -104,17 +110,21 @@ def _unimplemented(context: grpc.ServicerContext, method: str) -> None:
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """``tensorflow.serving.PredictionService`` over a ``ModelRepository``."""
 
-    def __init__(self, repository: ModelRepository, limits: InputLimits, in_flight: _InFlight):
+    def __init__(self, repository: ModelRepository, limits: InputLimits, in_flight: _InFlight,
+                 xla_enabled: bool, batcher: RequestBatcher | None):
         self._repository = repository
         self._limits = limits
         self._in_flight = in_flight
+        self._xla_enabled = xla_enabled
+        self._batcher = batcher
 
     def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
         def handle():
             model_spec = _require_model_spec(request)
             loaded = self._repository.lookup(model_spec)
             outputs = loaded.predict(model_spec.signature_name, request.inputs,
-                                     list(request.output_filter), self._limits)
+                                     list(request.output_filter), self._limits,
+                                     xla_enabled=self._xla_enabled, batcher=self._batcher)
             response = predict_pb2.PredictResponse()
             _fill_model_spec(response.model_spec, loaded)
             response.model_spec.signature_name = model_spec.signature_name or DEFAULT_SIGNATURE
@@ -214,6 +224,10 @@ class ModelServer:
             to; beyond it requests fail with RESOURCE_EXHAUSTED.
         max_input_elements: the most elements one input may declare; beyond it RESOURCE_EXHAUSTED.
         saved_model_tags: the MetaGraph tags to load.
+        enable_batching: merge concurrent requests of one signature (TF Serving's batching).
+        batching_parameters_file: the ``BatchingParameters`` text proto for batching (default:
+            TF Serving's scheduler defaults).
+        xla_cpu_compilation_enabled: let signatures with XLA-compiled functions run on CPU.
     """
 
     def __init__(self, models: str | os.PathLike | model_server_config_pb2.ModelServerConfig
@@ -221,8 +235,19 @@ class ModelServer:
                  ssl_config: str | os.PathLike | Message | None = None,
                  max_workers: int | None = None, max_request_bytes: int = ServeConfig.max_request_bytes,
                  max_input_elements: int = ServeConfig.max_input_elements,
-                 saved_model_tags: Sequence[str] = SERVE_TAGS):
+                 saved_model_tags: Sequence[str] = SERVE_TAGS,
+                 enable_batching: bool = ServeConfig.enable_batching,
+                 batching_parameters_file: str | os.PathLike | None = None,
+                 xla_cpu_compilation_enabled: bool = ServeConfig.xla_cpu_compilation_enabled):
         check_server_settings(port, max_request_bytes, max_input_elements)
+        if batching_parameters_file and not enable_batching:
+            raise ValueError("a batching parameters file needs enable_batching")
+        self._batching = (read_batching_parameters(batching_parameters_file)
+                          if batching_parameters_file else BatchingParameters()) \
+            if enable_batching else None
+        self._xla_enabled = xla_cpu_compilation_enabled or bool(
+            tf.config.list_logical_devices("GPU"))
+        self._batcher: RequestBatcher | None = None
         self._config = _as_config(models)
         self._ssl_config = (read_ssl_config(ssl_config) if isinstance(ssl_config, (str, os.PathLike))
                             else ssl_config)
@@ -251,8 +276,11 @@ class ModelServer:
             options=[("grpc.max_receive_message_length", self._max_request_bytes),
                      ("grpc.max_send_message_length", -1),
                      ("grpc.so_reuseport", 0)])
+        if self._batching is not None:
+            self._batcher = RequestBatcher(self._batching)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(self.repository, self._limits, self._in_flight), server)
+            PredictionServicer(self.repository, self._limits, self._in_flight, self._xla_enabled,
+                               self._batcher), server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
             ModelServicer(self.repository, self._in_flight), server)
         try:
@@ -285,6 +313,9 @@ class ModelServer:
             return
         self._server.stop(grace).wait()
         self._server = None
+        if self._batcher is not None:
+            self._batcher.stop()
+            self._batcher = None
 
     def __enter__(self) -> "ModelServer":
         self.start()

@@ -48,7 +48,8 @@ def exported(tmp_path_factory, networks, checkpoints):
 
 @pytest.fixture(scope="module")
 def server(exported):
-    with ModelServer(exported.models_config, max_workers=8) as server:
+    with ModelServer(exported.models_config, max_workers=8,
+                     xla_cpu_compilation_enabled=True) as server:
         yield server
 
 
@@ -422,7 +423,8 @@ def test_search_command(tmp_path, exported, target, local, capsys):
     assert "server unavailable after 1 attempts" in capsys.readouterr().err
 
     cert, key = self_signed(tmp_path, "server")
-    with ModelServer({"dns": exported.models["dns"].parent}, ssl_config=ssl_config(cert, key)) as server:
+    with ModelServer({"dns": exported.models["dns"].parent}, ssl_config=ssl_config(cert, key),
+                     xla_cpu_compilation_enabled=True) as server:
         secure = ["search", "--server", f"localhost:{server.port}", "--index", str(index_path),
                   "--mode", "fine", "--features", str(tmp_path / "features.h5"), "--query", "bars"]
         assert cli_main(secure + ["--ssl_ca", str(cert)]) == 0

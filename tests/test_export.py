@@ -28,13 +28,15 @@ DNS_SIGNATURES = {
     "index": ({"features": (F32, [None, None, None, 512]), "lengths": (I32, [None])},
               {"coarse": (F32, [None, 128]), "fine": (U8, [None, None, None, 64]),
                "selector": (F32, [None])}),
-    "fine_similarity": ({"query": (U8, [None, None, None, 64]), "query_length": (I32, [None]),
-                         "targets": (U8, [None, None, None, None, 64]),
+    "fine_similarity": ({"query": (U8, [None, None, 9, 64]), "query_length": (I32, [None]),
+                         "targets": (U8, [None, None, None, 9, 64]),
                          "target_lengths": (I32, [None, None])},
                         {"similarity": (F32, [None, None])}),
     "selector_scores": ({"mlp_input": (F32, [None, None, 3])}, {"score": (F32, [None, None])}),
     "coarse_similarity": ({"query": (F32, [None, 128]), "targets": (F32, [None, None, 128])},
                           {"similarity": (F32, [None, None])}),
+    "model_identity": ({"batch": (I32, [None])},
+                       {name: (tf.string, [None]) for name in ("coarse", "fine", "selector")}),
 }
 FEATURES_SIGNATURE = ({"frames": (U8, [None, 224, 224, 3])}, {"features": (F32, [None, 9, 512])})
 TEACHER_SIGNATURE = ({"query": (F32, [None, None, None, 3840]), "query_length": (I32, [None]),
@@ -118,7 +120,7 @@ def test_signatures_have_the_documented_names_dtypes_and_shapes(loaded):
     assert signature_io(loaded["dns_teacher"], "similarity") == TEACHER_SIGNATURE
     # The attention student's representations travel as float16 [.., 512].
     inputs, outputs = signature_io(loaded["dns_att"], "fine_similarity")
-    assert inputs["targets"] == (F16, [None, None, None, None, 512])
+    assert inputs["targets"] == (F16, [None, None, None, 9, 512])
     assert signature_io(loaded["dns_att"], "index")[1]["fine"] == (F16, [None, None, None, 512])
 
 

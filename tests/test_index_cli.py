@@ -2,14 +2,17 @@
 
 import json
 import pickle
+import shutil
 
 import h5py
+import keras
 import numpy as np
 import pytest
 
 from dns_tf.cli import main
 from dns_tf.convert import load_official
 from dns_tf.index import VideoIndex
+from dns_tf.models import FineGrainedStudent
 from dns_tf.retrieval import DnSRetriever, LocalBackend, SearchConfig
 
 QUERIES = ["q0", "q1"]
@@ -79,7 +82,12 @@ def test_create_records_the_networks(tmp_path, capsys, networks):
     code, out, _ = run(capsys, "index", "stats", tmp_path / "new.idx", "--json")
     stats = json.loads(out)
     assert code == 0 and stats["videos"] == 0
-    assert stats["networks"]["fine"] == str(networks["fine"])
+    # The networks are copied into the index, recorded relative to it, with their fingerprints.
+    assert stats["networks"] == {name: f"networks/{name}.pth" for name in networks}
+    assert (tmp_path / "new.idx" / "networks" / "fine.pth").read_bytes() == \
+        networks["fine"].read_bytes()
+    backend = LocalBackend.from_files(*(str(networks[n]) for n in ("coarse", "fine", "selector")))
+    assert stats["fingerprints"] == backend.fingerprints
     assert (stats["fine_student"], stats["fine_kind"]) == ("binarization", "bits")
     assert stats["coarse_dims"] == 128 and stats["searcher_kind"] == "brute_force"
 
@@ -184,6 +192,35 @@ def test_search_matches_the_library(capsys, filled_index, features_h5, networks,
                                        expected.scores, atol=1e-6)
             assert query["num_candidates"] == len(database)
             assert query["num_reranked"] == len(database) // 2
+
+
+def test_a_moved_index_still_searches(tmp_path, capsys, filled_index, features_h5):
+    path, _ = filled_index
+    moved = tmp_path / "elsewhere" / "moved.idx"
+    shutil.copytree(path, moved)
+    argv = ["index", "search", path, "--features", features_h5, "--query", "q0",
+            "--percentage", "50", "--json"]
+    _, expected, _ = run(capsys, *argv)
+    argv[2] = moved
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    [got], [expected] = json.loads(out)["queries"], json.loads(expected)["queries"]
+    assert got["hits"] == expected["hits"] and got["num_reranked"] == 7
+
+
+def test_networks_with_other_weights_are_refused(tmp_path, capsys, networks, features_h5):
+    fine = tmp_path / "fg_bin.keras"
+    load_official(networks["fine"]).save(fine)
+    path = tmp_path / "keras.idx"
+    create(capsys, path, {**networks, "fine": fine})
+    run(capsys, "index", "add", path, "--features", features_h5, "--ids", "x0", "x1")
+    recorded = json.loads(run(capsys, "index", "stats", path, "--json")[1])["fingerprints"]
+    # Another binarization student's weights where the index keeps its copy.
+    keras.utils.set_random_seed(3)
+    FineGrainedStudent(binarization=True).save(path / "networks" / "fine.keras")
+    code, _, err = run(capsys, "index", "search", path, "--features", features_h5,
+                       "--query", "q0")
+    assert code == 1 and "other networks" in err and recorded["fine"] in err
 
 
 def test_search_prints_a_table(capsys, filled_index, features_h5):

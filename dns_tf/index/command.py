@@ -8,8 +8,10 @@
     dns-tf index search videos.idx --features features.h5 --query q1 q2 [--mode dns
         --percentage 5 --candidates 1000 --top 20] [--json]
 
-``create`` records the three networks' paths (``.keras`` files or the authors' ``.pth``) and the
-fine student's kind in the index, so later commands need only the index. ``add`` indexes the
+``create`` copies the three networks (``.keras`` files or the authors' ``.pth``) into the index's
+``networks/`` folder and records their paths relative to the index, their weight fingerprints and
+the fine student's kind, so later commands need only the index, wherever it is moved; networks
+whose weights differ from the recorded fingerprints are refused. ``add`` indexes the
 videos of a feature file (the authors' HDF5 layout or TFRecord shards) in batches, each committed
 on its own: an interrupted run loses at most one batch, and a rerun skips the videos already in the
 index. A video that cannot be indexed (bad features, networks failing on it) is reported on one
@@ -23,6 +25,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -31,6 +34,7 @@ from dns_tf.config import add_arguments, field, from_arguments
 from dns_tf.retrieval import SearchConfig
 
 NETWORKS = ("coarse", "fine", "selector")
+NETWORKS_DIR = "networks"
 FINE_BATCH_SIZE = 64
 
 
@@ -111,15 +115,18 @@ def _message(error: Exception) -> str:
 
 
 def open_backend(index, batch_size: int = FINE_BATCH_SIZE):
-    """The :class:`~dns_tf.retrieval.LocalBackend` of the networks recorded in ``index``."""
-    from dns_tf.retrieval import LocalBackend
+    """The :class:`~dns_tf.retrieval.LocalBackend` of the networks recorded in ``index`` (paths
+    relative to the index, or absolute in indexes made before networks were copied in)."""
+    from dns_tf.retrieval import LocalBackend, check_fingerprints
 
     networks = index.metadata.get("networks")
     if not isinstance(networks, dict) or set(networks) != set(NETWORKS):
         raise ValueError(f"{index.path} records no networks (was it made by 'dns-tf index "
                          f"create'?); its metadata is {index.metadata}")
+    networks = {name: os.path.join(index.path, path) for name, path in networks.items()}
     backend = LocalBackend.from_files(networks["coarse"], networks["fine"],
                                       networks["selector"], batch_size=batch_size)
+    check_fingerprints(index, backend)
     if backend.fine_kind != index.fine_kind:
         raise ValueError(f"{networks['fine']} produces '{backend.fine_kind}' fine "
                          f"representations, {index.path} stores '{index.fine_kind}'")
@@ -128,16 +135,22 @@ def open_backend(index, batch_size: int = FINE_BATCH_SIZE):
 
 def run_create(args) -> int:
     from dns_tf.index.store import VideoIndex
-    from dns_tf.retrieval import LocalBackend
+    from dns_tf.retrieval import LocalBackend, index_metadata
 
-    paths = {network: os.path.abspath(getattr(args, network)) for network in NETWORKS}
+    paths = {network: getattr(args, network) for network in NETWORKS}
+    # Copies travel with the index: kept relative to it, a moved index still finds them.
+    copies = {network: os.path.join(NETWORKS_DIR, network + os.path.splitext(path)[1])
+              for network, path in paths.items()}
     try:
         backend = LocalBackend.from_files(paths["coarse"], paths["fine"], paths["selector"])
-        metadata = {"networks": paths, "fine_student": backend.fine_student.kind}
+        metadata = {"networks": copies, "fine_student": backend.fine_student.kind,
+                    **index_metadata(backend)}
         with VideoIndex.create(args.index, coarse_dims=backend.coarse_student.output_dims,
                                fine_kind=backend.fine_kind,
-                               fine_shape_tail=backend.fine_shape_tail, metadata=metadata):
-            pass
+                               fine_shape_tail=backend.fine_shape_tail, metadata=metadata) as index:
+            os.makedirs(os.path.join(index.path, NETWORKS_DIR))
+            for network, path in paths.items():
+                shutil.copyfile(path, os.path.join(index.path, copies[network]))
     except _errors() as error:
         return _fail(_message(error))
     print(f"created {os.path.abspath(args.index)}: {backend.fine_student.kind} fine student "

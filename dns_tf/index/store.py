@@ -51,6 +51,7 @@ import shutil
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -252,6 +253,7 @@ class VideoIndex:
                 "format": INDEX_FORMAT, "version": FORMAT_VERSION, "coarse_dims": int(coarse_dims),
                 "fine_kind": codec.kind, "fine_shape_tail": list(codec.shape_tail),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "metadata": metadata_json,
+                "uid": uuid.uuid4().hex,
                 "fine_end": 0, "coarse_rows": 0,
                 "searcher_generation": 0, "searcher_kind": "brute_force",
                 "searcher_max_key": 0, "searcher_size": 0,
@@ -307,6 +309,8 @@ class VideoIndex:
         self.coarse_dims = int(settings["coarse_dims"])
         self.codec = FineCodec(settings["fine_kind"], settings["fine_shape_tail"])
         self.metadata = json.loads(settings["metadata"])
+        # Identifies this index wherever it is moved (indexes made before uids: their creation).
+        self.uid = settings.get("uid") or f"created-{settings['created']}"
         self._coarse_row_bytes = 4 * self.coarse_dims
         self._fine = AppendOnlyFile(os.path.join(self.path, FINE_FILE), writable=not self.readonly)
         self._coarse = CoarseVectorStore(os.path.join(self.path, COARSE_FILE), self.coarse_dims,
@@ -644,6 +648,19 @@ class VideoIndex:
         if missing:
             raise KeyError(f"video {missing[0]!r} is not in the index at {self.path}")
         return np.array([found[v] for v in video_ids], np.float32)
+
+    def keys(self, video_ids: Sequence[str]) -> np.ndarray:
+        """``[N]`` int64 row keys of ``video_ids``: stable for a video's lifetime in this index
+        (never reused; replacing a video gives it a new key), as resident fine stores name rows."""
+        with self._lock, self._transaction() as db:
+            found = {}
+            for chunk in _chunks(list(video_ids)):
+                found.update(db.execute(f"SELECT video_id, key FROM videos WHERE "
+                                        f"video_id IN ({','.join('?' * len(chunk))})", chunk))
+        missing = [v for v in video_ids if v not in found]
+        if missing:
+            raise KeyError(f"video {missing[0]!r} is not in the index at {self.path}")
+        return np.array([found[v] for v in video_ids], np.int64)
 
     # ------------------------------------------------------------------------------------- search
     def search(self, queries: np.ndarray, k: int) -> SearchResult:

@@ -23,6 +23,11 @@ Serving's ``--enable_batching`` requires):
     [B, N, T', R, C], ``target_lengths`` int32 [B, N] -> ``similarity`` float32 [B, N] (query b
     against its N targets; representations in their stored form).
 
+    ``frame_to_frame``: the inputs of ``fine_similarity`` -> ``similarity`` float32
+    [B, N, T, T'], the fine student's frame-to-frame matrix of query b and each of its targets
+    (zero past the lengths), from which clients localise copied segments
+    (:mod:`dns_tf.localization`).
+
     ``selector_scores``: ``mlp_input`` float32 [B, N, 3] (query score, target score, coarse
     similarity) -> ``score`` float32 [B, N].
 
@@ -175,6 +180,8 @@ class DnSModule(tf.Module):
             tf.TensorSpec([None], tf.int32, name="query_length"),
             tf.TensorSpec([None, None, None, None, fine_size], fine_dtype, name="targets"),
             tf.TensorSpec([None, None], tf.int32, name="target_lengths")])
+        self.frame_to_frame = tf.function(
+            self._frame_to_frame, input_signature=self.fine_similarity.input_signature)
         self.selector_scores = tf.function(self._selector_scores, input_signature=[
             tf.TensorSpec([None, None, 3], tf.float32, name="mlp_input")])
         self.coarse_similarity = tf.function(self._coarse_similarity, input_signature=[
@@ -184,6 +191,7 @@ class DnSModule(tf.Module):
     def serving_signatures(self) -> dict:
         return {"serving_default": self.index, "index": self.index,
                 "fine_similarity": self.fine_similarity,
+                "frame_to_frame": self.frame_to_frame,
                 "selector_scores": self.selector_scores,
                 "coarse_similarity": self.coarse_similarity}
 
@@ -231,6 +239,24 @@ class DnSModule(tf.Module):
 
         similarity = tf.map_fn(one_query, (query, query_length, targets, target_lengths),
                                fn_output_signature=tf.TensorSpec([None], tf.float32))
+        return {"similarity": similarity}
+
+    def _frame_to_frame(self, query, query_length, targets, target_lengths):
+        query_length = checked_lengths(query_length, tf.shape(query)[1], "query_length")
+        target_lengths = checked_lengths(target_lengths, tf.shape(targets)[2], "target_lengths")
+        fine = self._networks.fine
+
+        def one_query(inputs):
+            # Each cell compares one frame pair, so padding changes no cell: no per-pair loop.
+            query, query_length, targets, target_lengths = inputs
+            query_mask = lengths_to_mask(query_length[None], tf.shape(query)[0])
+            target_mask = lengths_to_mask(target_lengths, tf.shape(targets)[1])
+            similarity, _ = fine.frame_to_frame_similarity(
+                self._from_stored(query)[None], self._from_stored(targets), query_mask, target_mask)
+            return similarity                                          # [N, T, T']
+
+        similarity = tf.map_fn(one_query, (query, query_length, targets, target_lengths),
+                               fn_output_signature=tf.TensorSpec([None, None, None], tf.float32))
         return {"similarity": similarity}
 
     def _selector_scores(self, mlp_input):

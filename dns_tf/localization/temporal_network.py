@@ -3,24 +3,35 @@
 Method (the temporal network of Tan et al. 2009, as VCSL and the VSC22 matching baseline run it):
 
 1. **Nodes**: frame pairs that match. The matrix is first put on a common scale, its own
-   background: ``z = (s - median(s)) / (1.4826 * MAD(s))`` (students, the teacher and the binary
-   codes give raw similarities on different scales, and what is "similar" for a video of one
-   scene is not for a video of many). A cell is a node when ``z >= min_contrast``, ``s >=
-   min_similarity``, and it is among the ``top_k`` best of its row or its column (a query frame
-   keeps its few best target frames, and vice versa: a speed change matches one frame to several).
+   background: each cell's contrast is ``min(z_row, z_col)``, its similarity in standard
+   deviations above its row's mean and above its column's mean (students, the teacher and binary
+   codes give raw similarities on different scales, some frames resemble every other, and what is
+   "similar" within a video of one scene is not within a video of many). A cell is a node when
+   its contrast is at least ``min_contrast``, its similarity at least ``min_similarity``, and it
+   is among the ``top_k`` best of both its row and its column (mutual nearest neighbours: a query
+   frame keeps its few best target frames and vice versa; ``top_k`` > 1 because a speed change
+   matches one frame to several, and mutuality because in a long video the best of many unrelated
+   frames stands out by chance).
 2. **Edges**: node ``(i, j)`` may follow node ``(i', j')`` when ``1 <= i - i' <= max_step`` and
    ``0 <= j - j' <= max_step``: time runs forward in both videos, at any speed between
    ``1 / max_step`` and ``max_step`` (a frame repeated or dropped by a frame-rate change is a step
    of 0 or 2), and up to ``max_step - 1`` frames may be skipped where a logo, a flash or a re-encode
    lowers one frame's similarity; each skipped query frame costs ``gap_penalty``.
-3. **Longest paths**: the path of greatest summed contrast is found by dynamic programming over
-   query frames (each row vectorised over target frames, with the path's start and length carried
-   along); its bounding box is one segment. The box, grown by ``max_step`` frames, is removed from
-   the network and the next path is sought, so a derivative reusing several parts of the query
-   (a splice, a loop) gives several segments, and a band of near-identical frames (a slow scene)
-   gives one.
-4. **Filters**: a path needs ``min_frames`` frames and a slope (target seconds per query second)
-   within ``[1 / max_speed, max_speed]``; its score is the mean similarity along the path.
+3. **Longest paths**: a node is worth its contrast less ``node_cost``; the path of greatest worth
+   is found by dynamic programming over query frames (each row vectorised over target frames,
+   predecessors kept for the path) and is one segment if it is worth ``min_path_score``. Its box,
+   grown by ``max_step`` frames, is removed from the network and the next path is sought, so a
+   derivative reusing several parts of the query (a splice, a loop) gives several segments, and a
+   band of near-identical frames (a slow scene) gives one.
+4. **Ends and filters**: leading and trailing nodes weaker than ``tail_fraction`` of the path's
+   median contrast are dropped (background nodes that continue a copy by chance); a segment needs
+   ``min_frames`` nodes and a slope (target seconds per query second) within
+   ``[1 / max_speed, max_speed]``; its score is the mean raw similarity along its path (on the
+   network's scale: comparable between pairs of one network, not between networks).
+
+The defaults were chosen on synthetic matrices (tests/test_localization.py) and on real
+derivatives made with FFmpeg (tests/copies.py: trims, 2x and 0.5x speed, a splice,
+picture-in-picture) under the reference checkpoints' students.
 
 Why this method. VCSL (He et al., CVPR 2022) compares the classic localisation methods on
 copied segments of real videos: Hough voting (votes for one temporal offset, so it breaks on speed
@@ -55,22 +66,23 @@ import numpy as np
 from dns_tf.config import field
 from dns_tf.localization.segments import Segment
 
-# MAD of a normal distribution times this is its standard deviation.
-_MAD_TO_STD = 1.4826
-
-
 @dataclasses.dataclass(frozen=True)
 class LocalizationConfig:
     """How segments are found in a frame-to-frame similarity matrix (1 frame per second)."""
 
-    min_contrast: float = field(3.0, "a node's similarity above the matrix's median, in robust "
-                                     "standard deviations (1.4826 MAD)")
+    min_contrast: float = field(0.75, "a node's similarity above its row's and its column's mean, "
+                                     "in standard deviations")
     min_similarity: float = field(0.0, "a node's least raw similarity")
-    top_k: int = field(3, "nodes kept per query frame and per target frame")
+    top_k: int = field(2, "a node is among the top_k of its row and of its column")
     max_step: int = field(3, "largest step between consecutive path nodes, in frames, on either "
                              "axis (bounds the speed change and the frames skipped)")
-    gap_penalty: float = field(0.5, "cost of each query frame skipped, in contrast units")
-    min_frames: int = field(2, "least nodes on a segment's path")
+    node_cost: float = field(0.65, "subtracted from a node's contrast: its worth on a path")
+    gap_penalty: float = field(1.0, "cost of each query frame skipped, in contrast units")
+    min_path_score: float = field(4.0, "least summed node worth of a segment's path (a few "
+                                       "background cells that line up by chance score less)")
+    tail_fraction: float = field(0.6, "a path's first and last nodes are dropped while their "
+                                      "contrast is below this fraction of the path's median")
+    min_frames: int = field(3, "least nodes on a segment's path")
     max_speed: float = field(3.0, "largest speed change accepted (slope and its inverse)")
     max_segments: int = field(8, "most segments per pair")
 
@@ -84,11 +96,23 @@ class LocalizationConfig:
 
 
 def contrast(similarity: np.ndarray) -> np.ndarray:
-    """``[Tq, Tt]`` similarities in robust standard deviations above the matrix's median."""
-    median = np.median(similarity)
-    spread = _MAD_TO_STD * np.median(np.abs(similarity - median))
-    # A flat matrix (one still frame each) has no spread: a tiny floor keeps it finite.
-    return (similarity - median) / max(spread, 1e-6 * max(np.abs(similarity).max(), 1e-12))
+    """How much each cell of ``[Tq, Tt]`` stands out in its row *and* in its column.
+
+    ``min(z_row, z_col)``, each the cell's similarity in standard deviations above the mean of
+    its row (resp. column). A cell is high only when the query frame matches that target frame
+    better than the target's other frames, and the target frame matches that query frame better
+    than the query's other frames: a query frame that resembles everything (a dark frame, a title)
+    or a similarity scale that varies between networks does not make false nodes.
+    """
+    similarity = similarity.astype(np.float64)
+    standardized = []
+    for axis in (1, 0):
+        mean = similarity.mean(axis=axis, keepdims=True)
+        # A row of one still frame has no spread: a floor keeps it finite (and not salient).
+        spread = np.maximum(similarity.std(axis=axis, keepdims=True),
+                            1e-6 * max(np.abs(similarity).max(), 1e-12))
+        standardized.append((similarity - mean) / spread)
+    return np.minimum(*standardized)
 
 
 def candidate_nodes(similarity: np.ndarray, config: LocalizationConfig) -> np.ndarray:
@@ -99,64 +123,60 @@ def candidate_nodes(similarity: np.ndarray, config: LocalizationConfig) -> np.nd
     col_kth = np.partition(similarity, rows - k_col, axis=0)[rows - k_col][None, :]
     return ((contrast(similarity) >= config.min_contrast)
             & (similarity >= config.min_similarity)
-            & ((similarity >= row_kth) | (similarity >= col_kth)))
+            & (similarity >= row_kth) & (similarity >= col_kth))
 
 
-def longest_path(weight: np.ndarray, values: np.ndarray, max_step: int, gap_penalty: float):
+def longest_path(weight: np.ndarray, max_step: int, gap_penalty: float) -> np.ndarray | None:
     """The monotone path of greatest summed ``weight`` through the finite cells of ``weight``.
 
     Args:
-        weight: ``[Tq, Tt]`` positive node weights, ``-inf`` where there is no node.
-        values: ``[Tq, Tt]`` summed along the path too (the raw similarities).
+        weight: ``[Tq, Tt]`` node weights, ``-inf`` where there is no node.
+        max_step: consecutive path nodes step ``1..max_step`` rows and ``0..max_step`` columns.
+        gap_penalty: the cost of each skipped row.
 
     Returns:
-        ``(score, (start_row, start_col), (end_row, end_col), nodes, sum of values)`` or None
-        without nodes.
-        Consecutive path nodes step ``1..max_step`` rows and ``0..max_step`` columns; each
-        skipped row costs ``gap_penalty``.
+        ``[N, 2]`` (row, column) of the path's nodes in order, or None without nodes.
     """
     rows, cols = weight.shape
     if not np.isfinite(weight).any():
         return None
     columns = np.arange(cols)
-    # window[i + max_step]: for row i, the best path ending within columns [j - max_step, j],
-    # with its start (flat index) and node count; the first max_step rows are empty.
+    # window[i + max_step, j]: the best path ending in row i within columns [j - max_step, j],
+    # and window_cell its last cell (flat index); the first max_step rows are empty.
     window = np.full((rows + max_step, cols), -np.inf)
-    window_start = np.zeros((rows + max_step, cols), np.int64)
-    window_count = np.zeros((rows + max_step, cols), np.int64)
-    window_sum = np.zeros((rows + max_step, cols))
+    window_cell = np.zeros((rows + max_step, cols), np.int64)
     best = np.full((rows, cols), -np.inf)
-    start = np.zeros((rows, cols), np.int64)
-    count = np.zeros((rows, cols), np.int64)
-    total = np.zeros((rows, cols))
+    previous = np.full((rows, cols), -1, np.int64)     # the path's preceding cell, -1 at a start
     # Reaching row i from row i - d skips d - 1 rows.
     penalties = gap_penalty * np.arange(max_step - 1, -1, -1)[:, None]
     padding = np.full(max_step, -np.inf)
     for row in range(rows):
-        previous = window[row:row + max_step] - penalties                 # [max_step, Tt]
-        step = np.argmax(previous, axis=0)
-        carried = previous[step, columns]
+        carried = window[row:row + max_step] - penalties                  # [max_step, Tt]
+        step = np.argmax(carried, axis=0)
+        carried = carried[step, columns]
         extend = carried > 0
         best[row] = weight[row] + np.where(extend, carried, 0.0)
-        start[row] = np.where(extend, window_start[row + step, columns], row * cols + columns)
-        count[row] = np.where(extend, window_count[row + step, columns] + 1, 1)
-        total[row] = values[row] + np.where(extend, window_sum[row + step, columns], 0.0)
+        previous[row] = np.where(extend, window_cell[row + step, columns], -1)
         # Windowed maximum over columns j - max_step .. j (a step of 0..max_step columns).
         views = np.lib.stride_tricks.sliding_window_view(
             np.concatenate([padding, best[row]]), max_step + 1)            # [Tt, max_step + 1]
-        shift = max_step - np.argmax(views[:, ::-1], axis=1)               # nearest on ties
-        source = columns - max_step + shift
+        source = columns - np.argmax(views[:, ::-1], axis=1)               # nearest on ties
         valid = source >= 0
         source = np.maximum(source, 0)
         window[row + max_step] = np.where(valid, best[row, source], -np.inf)
-        window_start[row + max_step] = start[row, source]
-        window_count[row + max_step] = count[row, source]
-        window_sum[row + max_step] = total[row, source]
-    end = int(np.argmax(best))
-    end_row, end_col = divmod(end, cols)
-    start_row, start_col = divmod(int(start[end_row, end_col]), cols)
-    return (float(best[end_row, end_col]), (start_row, start_col), (end_row, end_col),
-            int(count[end_row, end_col]), float(total[end_row, end_col]))
+        window_cell[row + max_step] = row * cols + source
+    cell, path = int(np.argmax(best)), []
+    while cell >= 0:
+        path.append(divmod(cell, cols))
+        cell = int(previous[path[-1]])
+    return np.array(path[::-1], np.int64)
+
+
+def trimmed(path: np.ndarray, node_contrast: np.ndarray, fraction: float) -> np.ndarray:
+    """The path without its leading and trailing nodes of contrast below ``fraction`` times the
+    path's median: a copy's path can run on through background nodes that pass by chance."""
+    keep = np.flatnonzero(node_contrast >= fraction * np.median(node_contrast))
+    return path[keep[0]:keep[-1] + 1]
 
 
 def localize_matrix(similarity: np.ndarray, config: LocalizationConfig = LocalizationConfig(),
@@ -179,23 +199,31 @@ def localize_matrix(similarity: np.ndarray, config: LocalizationConfig = Localiz
                          f"{similarity.shape}")
     if not np.isfinite(similarity).all():
         raise ValueError("the similarity matrix holds NaN or infinite values")
-    nodes = candidate_nodes(similarity, config)
-    weight = np.where(nodes, contrast(similarity), -np.inf)
-    rows, cols = similarity.shape
+    node_contrast = contrast(similarity)
+    # A node is worth its contrast less node_cost: weak nodes may bridge a gap at a small cost.
+    weight = np.where(candidate_nodes(similarity, config), node_contrast - config.node_cost,
+                      -np.inf)
     segments = []
-    # Each round removes at least one node; rejected paths do not count towards max_segments.
     while len(segments) < config.max_segments:
-        path = longest_path(weight, similarity, config.max_step, config.gap_penalty)
+        path = longest_path(weight, config.max_step, config.gap_penalty)
         if path is None:
             break
-        _, (row0, col0), (row1, col1), count, similarity_sum = path
+        rows, cols = path[:, 0], path[:, 1]
+        # Skipped rows cost what the dynamic program charged for them.
+        score = weight[rows, cols].sum() - config.gap_penalty * np.sum(np.diff(rows) - 1)
+        if score < config.min_path_score:
+            break  # removing nodes never lengthens a path: every later one scores less
+        # The path's box, grown by max_step, leaves the network (a band of near-identical frames
+        # along a copy would otherwise come back as parallel paths).
         grow = config.max_step
-        weight[max(row0 - grow, 0):row1 + grow + 1, max(col0 - grow, 0):col1 + grow + 1] = -np.inf
-        query_seconds = (row1 + 1 - row0) / query_fps
-        target_seconds = (col1 + 1 - col0) / target_fps
-        slope = target_seconds / query_seconds
-        if count < config.min_frames or not 1 / config.max_speed <= slope <= config.max_speed:
+        weight[max(rows[0] - grow, 0):rows[-1] + grow + 1,
+               max(cols[0] - grow, 0):cols[-1] + grow + 1] = -np.inf
+        path = trimmed(path, node_contrast[rows, cols], config.tail_fraction)
+        (row0, col0), (row1, col1) = path[0].tolist(), path[-1].tolist()
+        slope = ((col1 + 1 - col0) / target_fps) / ((row1 + 1 - row0) / query_fps)
+        if len(path) < config.min_frames or not 1 / config.max_speed <= slope <= config.max_speed:
             continue
         segments.append(Segment(row0 / query_fps, (row1 + 1) / query_fps, col0 / target_fps,
-                                (col1 + 1) / target_fps, similarity_sum / count))
+                                (col1 + 1) / target_fps,
+                                float(similarity[path[:, 0], path[:, 1]].mean())))
     return sorted(segments, key=lambda segment: -segment.score)

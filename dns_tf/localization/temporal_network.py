@@ -2,7 +2,10 @@
 
 Method (the temporal network of Tan et al. 2009, as VCSL and the VSC22 matching baseline run it):
 
-1. **Nodes**: frame pairs that match. The matrix is first put on a common scale, its own
+1. **Nodes**: frame pairs that match. Each cell is first averaged with its ``diagonal_radius``
+   neighbours along the diagonal (a copy is a line of matches, the background is not; within a
+   scene of near-identical frames this favours the copy's diagonal over the scene's block), and
+   the matrix is put on a common scale, its own
    background: each cell's contrast is ``min(z_row, z_col)``, its similarity in standard
    deviations above its row's mean and above its column's mean (students, the teacher and binary
    codes give raw similarities on different scales, some frames resemble every other, and what is
@@ -73,16 +76,17 @@ class LocalizationConfig:
     min_contrast: float = field(0.75, "a node's similarity above its row's and its column's mean, "
                                      "in standard deviations")
     min_similarity: float = field(0.0, "a node's least raw similarity")
+    diagonal_radius: int = field(1, "cells averaged along the diagonal on each side first")
     top_k: int = field(2, "a node is among the top_k of its row and of its column")
     max_step: int = field(3, "largest step between consecutive path nodes, in frames, on either "
                              "axis (bounds the speed change and the frames skipped)")
     node_cost: float = field(0.65, "subtracted from a node's contrast: its worth on a path")
     gap_penalty: float = field(1.0, "cost of each query frame skipped, in contrast units")
-    min_path_score: float = field(4.0, "least summed node worth of a segment's path (a few "
+    min_path_score: float = field(3.0, "least summed node worth of a segment's path (a few "
                                        "background cells that line up by chance score less)")
     tail_fraction: float = field(0.6, "a path's first and last nodes are dropped while their "
                                       "contrast is below this fraction of the path's median")
-    min_frames: int = field(3, "least nodes on a segment's path")
+    min_frames: int = field(4, "least nodes on a segment's path (frames of its query side)")
     max_speed: float = field(3.0, "largest speed change accepted (slope and its inverse)")
     max_segments: int = field(8, "most segments per pair")
 
@@ -113,6 +117,18 @@ def contrast(similarity: np.ndarray) -> np.ndarray:
                             1e-6 * max(np.abs(similarity).max(), 1e-12))
         standardized.append((similarity - mean) / spread)
     return np.minimum(*standardized)
+
+
+def diagonal_mean(similarity: np.ndarray, radius: int) -> np.ndarray:
+    """Each cell averaged with its ``radius`` neighbours along the main diagonal direction
+    (cells outside the matrix are left out): a copy's line gains on scattered background."""
+    if radius == 0:
+        return similarity
+    rows, cols = similarity.shape
+    padded = np.pad(similarity.astype(np.float64), radius, constant_values=np.nan)
+    shifted = np.stack([padded[radius + k:radius + k + rows, radius + k:radius + k + cols]
+                        for k in range(-radius, radius + 1)])
+    return np.nanmean(shifted, axis=0)
 
 
 def candidate_nodes(similarity: np.ndarray, config: LocalizationConfig) -> np.ndarray:
@@ -199,10 +215,13 @@ def localize_matrix(similarity: np.ndarray, config: LocalizationConfig = Localiz
                          f"{similarity.shape}")
     if not np.isfinite(similarity).all():
         raise ValueError("the similarity matrix holds NaN or infinite values")
+    smoothed = diagonal_mean(similarity, config.diagonal_radius)
     node_contrast = contrast(similarity)
+    # Nodes stand out both after the diagonal mean (a copy's line) and on their own (the mean
+    # also draws short diagonal streaks out of background noise, which raw contrast breaks up).
+    nodes = candidate_nodes(smoothed, config) & (node_contrast >= config.min_contrast)
     # A node is worth its contrast less node_cost: weak nodes may bridge a gap at a small cost.
-    weight = np.where(candidate_nodes(similarity, config), node_contrast - config.node_cost,
-                      -np.inf)
+    weight = np.where(nodes, node_contrast - config.node_cost, -np.inf)
     segments = []
     while len(segments) < config.max_segments:
         path = longest_path(weight, config.max_step, config.gap_penalty)

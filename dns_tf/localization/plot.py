@@ -45,8 +45,8 @@ def plot_localization(similarity: np.ndarray, path_png: str | os.PathLike,
     rows, cols = similarity.shape
     query_seconds, target_seconds = rows / query_fps, cols / target_fps
     scale = 6.0 / max(query_seconds, target_seconds)
-    figure = Figure(figsize=(max(3.5, target_seconds * scale + 1.8),
-                             max(3.0, query_seconds * scale + 1.0)), layout="constrained")
+    figure = Figure(figsize=(max(4.0, target_seconds * scale + 2.6),
+                             max(3.0, query_seconds * scale + 1.4)), layout="constrained")
     FigureCanvasAgg(figure)
     axis = figure.subplots()
     image = axis.imshow(similarity, cmap="viridis", origin="upper", interpolation="nearest",

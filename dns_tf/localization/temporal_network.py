@@ -223,7 +223,11 @@ def localize_matrix(similarity: np.ndarray, config: LocalizationConfig = Localiz
     # A node is worth its contrast less node_cost: weak nodes may bridge a gap at a small cost.
     weight = np.where(nodes, node_contrast - config.node_cost, -np.inf)
     segments = []
-    while len(segments) < config.max_segments:
+    # Paths come out in decreasing worth, so rejected ones (too short, too steep) are chance
+    # alignments after the copies: a bound on the rounds bounds the time on long unrelated pairs.
+    for _ in range(2 * config.max_segments):
+        if len(segments) == config.max_segments:
+            break
         path = longest_path(weight, config.max_step, config.gap_penalty)
         if path is None:
             break

@@ -22,6 +22,6 @@ setup(
         "tqdm>=4.66",
         "matplotlib>=3.8",
     ],
-    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3"]},
+    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100"]},
     entry_points={"console_scripts": ["dns-tf=dns_tf.cli:main"]},
 )

@@ -14,6 +14,7 @@ import sys
 # One line per subcommand module; each registers itself.
 COMMAND_MODULES = (
     "dns_tf.convert.command",
+    "dns_tf.convert.download_command",
     "dns_tf.evaluation.command",
     "serving.command",
     "dns_tf.bench.command",

@@ -50,7 +50,9 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-MIN_FRAMES = 4
+from dns_tf.layers.comparator import VideoComparator
+
+MIN_FRAMES = VideoComparator.MIN_FRAMES
 # Frame counts are padded to multiples of this, which keeps the number of distinct shapes (traces,
 # XLA compilations, oneDNN primitives) small.
 FRAME_MULTIPLE = 4

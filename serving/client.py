@@ -37,8 +37,9 @@ from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, predict
 
 from dns_tf.data.padding import padded_batch_from_arrays
 from dns_tf.retrieval import IndexedVideos
-from serving.config import ClientConfig
+from serving.config import ClientConfig, ServeConfig
 from serving.export import DNS_MODEL, FEATURES_MODEL, TEACHER_MODEL
+from serving.tls import channel_credentials
 
 RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
 _SIGNATURE_DEF = "signature_def"
@@ -71,6 +72,24 @@ def _lengths_of(mask: np.ndarray) -> np.ndarray:
     return lengths.astype(np.int32)
 
 
+def _requests(lengths: Sequence[int], per_request: int, frame_elements: int,
+              max_elements: int) -> list[slice]:
+    """Consecutive slices of videos with ``lengths``, each at most ``per_request`` videos whose
+    padded tensor (videos x longest x ``frame_elements``) stays within ``max_elements``: the
+    server's per-input limit. A video over the limit alone goes alone (the server refuses it)."""
+    slices, start, longest = [], 0, 0
+    for stop, length in enumerate(lengths):
+        longest_with = max(longest, int(length))
+        if stop > start and (stop - start == per_request
+                             or (stop - start + 1) * longest_with * frame_elements > max_elements):
+            slices.append(slice(start, stop))
+            start, longest_with = stop, int(length)
+        longest = longest_with
+    if len(lengths):
+        slices.append(slice(start, len(lengths)))
+    return slices
+
+
 class ServingClient:
     """``Predict`` and ``GetModelMetadata`` against one TF Serving endpoint.
 
@@ -81,12 +100,16 @@ class ServingClient:
         backoff: seconds before the first retry; doubling each time (with ±25% jitter, so
             clients that failed together do not come back together), at most ``max_backoff``.
         max_message_bytes: largest message sent or received.
+        ssl_ca, ssl_cert, ssl_key: PEM files; any of them connects over TLS (``ssl_ca``: the CA
+            of the server's certificate, else the system's roots; ``ssl_cert`` and ``ssl_key``: a
+            client certificate for servers that verify clients). See :mod:`serving.tls`.
         channel: an existing ``grpc.Channel`` to use instead of opening one to ``target``.
     """
 
     def __init__(self, target: str, timeout: float = ClientConfig.timeout,
                  retries: int = ClientConfig.retries, backoff: float = ClientConfig.backoff,
                  max_backoff: float = ClientConfig.max_backoff, max_message_bytes: int = 1 << 30,
+                 ssl_ca: str | None = None, ssl_cert: str | None = None, ssl_key: str | None = None,
                  channel: grpc.Channel | None = None):
         if timeout <= 0 or retries < 0 or backoff < 0:
             raise ValueError(f"need timeout > 0, retries >= 0, backoff >= 0; got {timeout}, "
@@ -97,9 +120,12 @@ class ServingClient:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self._owns_channel = channel is None
-        self._channel = channel or grpc.insecure_channel(target, options=[
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes)])
+        options = [("grpc.max_send_message_length", max_message_bytes),
+                   ("grpc.max_receive_message_length", max_message_bytes)]
+        if channel is None and (ssl_ca or ssl_cert or ssl_key):
+            channel = grpc.secure_channel(target, channel_credentials(ssl_ca, ssl_cert, ssl_key),
+                                          options=options)
+        self._channel = channel or grpc.insecure_channel(target, options=options)
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
 
     def close(self) -> None:
@@ -227,20 +253,27 @@ class RemoteBackend(_RemoteModel):
         version: the version to use; None pins the newest at first contact.
         timeout, retries: per-attempt deadline in seconds and retries on UNAVAILABLE
             (see :class:`ServingClient`; ignored when ``target`` is a client).
-        videos_per_request: videos per ``index`` request.
-        targets_per_request: target videos per ``fine_similarity`` request.
+        client_options: other :class:`ServingClient` options (``ssl_ca``, ``ssl_cert``,
+            ``ssl_key``, ...), when ``target`` is an address.
+        videos_per_request: videos per ``index`` request, at most.
+        targets_per_request: target videos per ``fine_similarity`` request, at most.
         parallel_requests: re-ranking requests in flight at once.
+        max_input_elements: requests are cut so that no input tensor declares more elements
+            than this (the server's ``--max_input_elements``).
     """
 
     def __init__(self, target: ServingClient | str, model_name: str = DNS_MODEL,
                  version: int | None = None, timeout: float = ClientConfig.timeout,
                  retries: int = ClientConfig.retries,
                  videos_per_request: int = 8, targets_per_request: int = 64,
-                 parallel_requests: int = 4):
-        super().__init__(target, model_name, version, timeout=timeout, retries=retries)
-        if min(videos_per_request, targets_per_request, parallel_requests) < 1:
-            raise ValueError("videos_per_request, targets_per_request and parallel_requests "
-                             "must be >= 1")
+                 parallel_requests: int = 4,
+                 max_input_elements: int = ServeConfig.max_input_elements, **client_options):
+        super().__init__(target, model_name, version, timeout=timeout, retries=retries,
+                         **client_options)
+        if min(videos_per_request, targets_per_request, parallel_requests, max_input_elements) < 1:
+            raise ValueError("videos_per_request, targets_per_request, parallel_requests and "
+                             "max_input_elements must be >= 1")
+        self.max_input_elements = max_input_elements
         self.videos_per_request = videos_per_request
         self.targets_per_request = targets_per_request
         self.parallel_requests = parallel_requests
@@ -274,10 +307,10 @@ class RemoteBackend(_RemoteModel):
                              f"{videos.shape} and {np.shape(mask)}")
         lengths = _lengths_of(mask)
         coarse, fine, selector = [], [], []
-        for start in range(0, len(videos), self.videos_per_request):
-            chunk = lengths[start:start + self.videos_per_request]
-            outputs = self.predict("index", features=videos[start:start + len(chunk), :chunk.max()],
-                                   lengths=chunk)
+        for request in _requests(lengths, self.videos_per_request, int(np.prod(videos.shape[2:])),
+                                 self.max_input_elements):
+            chunk = lengths[request]
+            outputs = self.predict("index", features=videos[request, :chunk.max()], lengths=chunk)
             coarse.append(outputs["coarse"])
             fine += [video[:length] for video, length in zip(outputs["fine"], chunk)]
             selector.append(outputs["selector"])
@@ -294,8 +327,9 @@ class RemoteBackend(_RemoteModel):
         target_fines = [self._stored(target, f"target {i}") for i, target in enumerate(target_fines)]
         # Sorting by length keeps padding, and so wasted bytes and work, small.
         order = np.argsort([len(t) for t in target_fines], kind="stable")
-        chunks = [order[start:start + self.targets_per_request]
-                  for start in range(0, len(order), self.targets_per_request)]
+        chunks = [order[request] for request in _requests(
+            [len(target_fines[i]) for i in order], self.targets_per_request,
+            int(np.prod(query.shape[2:])), self.max_input_elements)]
 
         def score(chosen: np.ndarray) -> None:
             lengths = np.array([len(target_fines[i]) for i in chosen], np.int32)
@@ -323,8 +357,10 @@ class RemoteBackend(_RemoteModel):
         query = self._stored(query_fine, "query")[None]
         target_fines = [self._stored(target, f"target {i}") for i, target in enumerate(target_fines)]
         matrices = [None] * len(target_fines)
-        for start in range(0, len(target_fines), self.targets_per_request):
-            chosen = target_fines[start:start + self.targets_per_request]
+        for request in _requests([len(target) for target in target_fines],
+                                 self.targets_per_request, int(np.prod(query.shape[2:])),
+                                 self.max_input_elements):
+            start, chosen = request.start, target_fines[request]
             lengths = np.array([len(target) for target in chosen], np.int32)
             targets = np.zeros((1, len(chosen), lengths.max(), *query.shape[2:]), self.fine_dtype)
             for row, target in enumerate(chosen):
@@ -354,15 +390,16 @@ class RemoteFeatureExtractor(_RemoteModel):
     """Region features of uint8 frames from a served ``dns_features`` model.
 
     Args:
-        target, model_name, version, timeout, retries: as :class:`RemoteBackend`.
+        target, model_name, version, timeout, retries, client_options: as :class:`RemoteBackend`.
         frames_per_request: frames sent per request (the server runs them as one CNN batch).
     """
 
     def __init__(self, target: ServingClient | str, model_name: str = FEATURES_MODEL,
                  version: int | None = None, timeout: float = ClientConfig.timeout,
                  retries: int = ClientConfig.retries,
-                 frames_per_request: int = 32):
-        super().__init__(target, model_name, version, timeout=timeout, retries=retries)
+                 frames_per_request: int = 32, **client_options):
+        super().__init__(target, model_name, version, timeout=timeout, retries=retries,
+                         **client_options)
         self.frames_per_request = frames_per_request
 
     @property
@@ -387,15 +424,16 @@ class RemoteTeacher(_RemoteModel):
     """ViSiL similarities of video pairs from a served ``dns_teacher`` model (pair labelling).
 
     Args:
-        target, model_name, version, timeout, retries: as :class:`RemoteBackend`.
+        target, model_name, version, timeout, retries, client_options: as :class:`RemoteBackend`.
         pairs_per_request: pairs sent per request.
     """
 
     def __init__(self, target: ServingClient | str, model_name: str = TEACHER_MODEL,
                  version: int | None = None, timeout: float = ClientConfig.timeout,
                  retries: int = ClientConfig.retries,
-                 pairs_per_request: int = 8):
-        super().__init__(target, model_name, version, timeout=timeout, retries=retries)
+                 pairs_per_request: int = 8, **client_options):
+        super().__init__(target, model_name, version, timeout=timeout, retries=retries,
+                         **client_options)
         self.pairs_per_request = pairs_per_request
 
     def similarity(self, queries: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> np.ndarray:

@@ -9,6 +9,8 @@ import dataclasses
 
 from dns_tf.config import field
 
+MAX_PORT = 65535
+
 
 @dataclasses.dataclass(frozen=True)
 class ServeConfig:
@@ -17,16 +19,30 @@ class ServeConfig:
     model_config_file: str | None = field(None, "models.config text proto (ModelServerConfig)")
     model_name: str = field("default", "model name when serving one model with --model_base_path")
     model_base_path: str | None = field(None, "directory of numbered SavedModel versions of one model")
-    port: int = field(8500, "gRPC port (0 picks a free one and prints it)")
-    host: str = field("0.0.0.0", "address to listen on")
+    port: int = field(8500, "gRPC port, 0-65535 (0 picks a free one and prints it)")
+    host: str = field("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
+    ssl_config_file: str | None = field(None, "SSLConfig text proto (server_key, server_cert, "
+                                              "custom_ca, client_verify): serve over TLS")
     grpc_max_threads: int = field(0, "threads answering requests (0: 4 per CPU, as TF Serving)")
     max_request_bytes: int = field(1 << 30, "largest request accepted, and most bytes one input may "
                                              "decode to; beyond it: RESOURCE_EXHAUSTED")
+    max_input_elements: int = field(1 << 25, "most elements one request input may declare (its "
+                                             "shape's product); beyond it: RESOURCE_EXHAUSTED")
     saved_model_tags: str = field("serve", "comma-separated MetaGraph tags to load")
     shutdown_grace_seconds: float = field(10.0, "on SIGTERM/SIGINT, how long in-flight requests may finish")
     enable_batching: bool = field(False, "accepted for TF Serving compatibility: the embedded server "
                                          "runs each request as one batch and does not batch across requests")
     batching_parameters_file: str | None = field(None, "BatchingParameters text proto, checked and logged")
+
+
+def check_server_settings(port: int, max_request_bytes: int, max_input_elements: int) -> None:
+    """Raises ValueError naming the first setting out of range."""
+    if not 0 <= port <= MAX_PORT:
+        raise ValueError(f"port must be in 0-{MAX_PORT}, got {port}")
+    if max_request_bytes <= 0:
+        raise ValueError(f"max_request_bytes must be positive, got {max_request_bytes}")
+    if max_input_elements <= 0:
+        raise ValueError(f"max_input_elements must be positive, got {max_input_elements}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,3 +53,8 @@ class ClientConfig:
     retries: int = field(3, "times a request failing with UNAVAILABLE is resent")
     backoff: float = field(0.1, "seconds before the first retry, doubling for each next one")
     max_backoff: float = field(5.0, "longest wait between retries, in seconds")
+    ssl_ca: str | None = field(None, "PEM file of the CA that signed the server's certificate: "
+                                     "connect over TLS (system roots when only --ssl_cert is given)")
+    ssl_cert: str | None = field(None, "PEM client certificate, for servers that verify clients "
+                                       "(with --ssl_key)")
+    ssl_key: str | None = field(None, "PEM private key of --ssl_cert")

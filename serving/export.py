@@ -69,7 +69,6 @@ from collections.abc import Mapping
 
 import tensorflow as tf
 
-from dns_tf.similarity_fast import MIN_FRAMES
 from serving.model_config import (MODELS_CONFIG_FILE, available_versions,
                                   write_model_server_config)
 
@@ -120,11 +119,17 @@ def unpack_codes(packed: tf.Tensor) -> tf.Tensor:
     return tf.cast(bits, tf.float32) * 2.0 - 1.0
 
 
-def checked_lengths(lengths: tf.Tensor, num_frames: tf.Tensor, name: str) -> tf.Tensor:
-    """``lengths``, available only once ``1 <= lengths <= num_frames`` holds (INVALID_ARGUMENT
-    otherwise); everything computed from them waits for the check."""
-    checks = [tf.debugging.assert_positive(lengths, message=f"{name} must be >= 1"),
-              tf.debugging.assert_less_equal(lengths, tf.cast(num_frames, lengths.dtype),
+def checked_lengths(lengths: tf.Tensor, videos: tf.Tensor, name: str) -> tf.Tensor:
+    """``lengths [...]`` of the padded ``videos [..., T, ...]``, available only once they describe
+    them: the same leading shape, and ``1 <= lengths <= T`` (INVALID_ARGUMENT otherwise).
+
+    Everything computed from the lengths waits for the check.
+    """
+    rank = lengths.shape.rank
+    checks = [tf.debugging.assert_equal(tf.shape(lengths), tf.shape(videos)[:rank],
+                                        message=f"{name} must have one entry per video"),
+              tf.debugging.assert_positive(lengths, message=f"{name} must be >= 1"),
+              tf.debugging.assert_less_equal(lengths, tf.cast(tf.shape(videos)[rank], lengths.dtype),
                                              message=f"{name} must be <= the frame axis")]
     with tf.control_dependencies(checks):
         return tf.identity(lengths)
@@ -203,7 +208,7 @@ class DnSModule(tf.Module):
 
     def _index(self, features, lengths):
         networks = self._networks
-        lengths = checked_lengths(lengths, tf.shape(features)[1], "lengths")
+        lengths = checked_lengths(lengths, features, "lengths")
         mask = lengths_to_mask(lengths, tf.shape(features)[1])
 
         def self_similarity(inputs):
@@ -217,15 +222,14 @@ class DnSModule(tf.Module):
                                       fn_output_signature=tf.float32)}
 
     def _fine_similarity(self, query, query_length, targets, target_lengths):
-        query_length = checked_lengths(query_length, tf.shape(query)[1], "query_length")
-        target_lengths = checked_lengths(target_lengths, tf.shape(targets)[2], "target_lengths")
+        query_length = checked_lengths(query_length, query, "query_length")
+        target_lengths = checked_lengths(target_lengths, targets, "target_lengths")
         fine = self._networks.fine
 
         def video(stored, length):
-            # Unpadded, as the authors compare pairs; zero frames (zero similarity) stand in for
-            # the missing ones of videos shorter than the comparator's MIN_FRAMES.
-            frames = self._from_stored(stored[:length])
-            return tf.pad(frames, [[0, tf.maximum(MIN_FRAMES - length, 0)], [0, 0], [0, 0]])[None]
+            # Unpadded, as the authors compare pairs (the comparator itself treats videos shorter
+            # than its MIN_FRAMES as padded with zero-similarity frames).
+            return self._from_stored(stored[:length])[None]
 
         def one_query(inputs):
             query, query_length, targets, target_lengths = inputs
@@ -242,8 +246,8 @@ class DnSModule(tf.Module):
         return {"similarity": similarity}
 
     def _frame_to_frame(self, query, query_length, targets, target_lengths):
-        query_length = checked_lengths(query_length, tf.shape(query)[1], "query_length")
-        target_lengths = checked_lengths(target_lengths, tf.shape(targets)[2], "target_lengths")
+        query_length = checked_lengths(query_length, query, "query_length")
+        target_lengths = checked_lengths(target_lengths, targets, "target_lengths")
         fine = self._networks.fine
 
         def one_query(inputs):
@@ -314,8 +318,8 @@ class TeacherModule(tf.Module):
 
     def _similarity(self, query, query_length, target, target_length):
         teacher = self._networks.teacher
-        query_length = checked_lengths(query_length, tf.shape(query)[1], "query_length")
-        target_length = checked_lengths(target_length, tf.shape(target)[1], "target_length")
+        query_length = checked_lengths(query_length, query, "query_length")
+        target_length = checked_lengths(target_length, target, "target_length")
 
         def one_pair(inputs):
             # Each pair unpadded: the comparator's pooling makes scores depend on padding.

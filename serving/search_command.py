@@ -2,10 +2,11 @@
 
     dns-tf search --server localhost:8500 --index videos.idx --features features.h5 --query q1 q2
     dns-tf search --server localhost:8500 --index videos.idx --video clip.mp4 [--json]
+    dns-tf search --server host:8500 --ssl_ca ca.pem [--ssl_cert me.pem --ssl_key me.key] ...
 
 Coarse retrieval runs here, on the index (ScaNN or exact); indexing the query, the selector and
 the fine re-ranking run on the server's ``dns`` model (``dns-tf export``), pinned to one version
-for the whole run. With ``--video`` the file is decoded here and its frames go to the server's
+for the whole run (over TLS with --ssl_ca, --ssl_cert/--ssl_key). With ``--video`` the file is decoded here and its frames go to the server's
 ``dns_features`` model. Prints one ranking per query (``--json``: one JSON object). Exit code 0,
 or 1 when the index, a query or the server fails (the message says which).
 """

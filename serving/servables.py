@@ -25,7 +25,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
 
 from serving.model_config import ServableModel
 from serving.status import ServingError
-from serving.tensors import decode_inputs, encode_outputs
+from serving.tensors import InputLimits, decode_inputs, encode_outputs
 
 DEFAULT_SIGNATURE = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
 SERVE_TAGS = (tf.saved_model.SERVING,)
@@ -80,14 +80,14 @@ class LoadedVersion:
                                f'Serving signature key "{signature_name}" not found.') from None
 
     def predict(self, signature_name: str, inputs: Mapping[str, tensor_pb2.TensorProto],
-                output_filter: Sequence[str], max_input_bytes: int) -> dict[str, tensor_pb2.TensorProto]:
+                output_filter: Sequence[str], limits: InputLimits) -> dict[str, tensor_pb2.TensorProto]:
         """Runs a signature on request tensors; the heart of ``Predict``.
 
         Args:
             signature_name: the signature to run ("" means ``serving_default``).
             inputs: the request's ``inputs`` map, exactly the signature's inputs.
             output_filter: the outputs to return; empty means all.
-            max_input_bytes: the most bytes one decoded input may take.
+            limits: what one input may declare and decode to.
 
         Returns:
             The requested outputs as ``TensorProto``s.
@@ -95,7 +95,7 @@ class LoadedVersion:
         function = self.signature(signature_name)
         output_names = _select_outputs(function.structured_outputs.keys(), output_filter)
         _, input_specs = function.structured_input_signature
-        arrays = decode_inputs(inputs, input_specs, max_input_bytes)
+        arrays = decode_inputs(inputs, input_specs, limits)
         try:
             outputs = function(**{name: tf.constant(array) for name, array in arrays.items()})
         except tf.errors.OpError as error:

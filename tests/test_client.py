@@ -23,9 +23,10 @@ from dns_tf.index.store import VideoIndex
 from dns_tf.retrieval import DnSRetriever, LocalBackend, SearchConfig
 from export_fixtures import load_networks
 from serving.client import (RemoteBackend, RemoteFeatureExtractor, RemoteTeacher, ServingClient,
-                            ServingRequestError)
+                            ServingRequestError, _requests)
 from serving.export import export_models
 from serving.server import ModelServer
+from tls_fixtures import self_signed, ssl_config
 from videos import make_video
 
 Code = grpc.StatusCode
@@ -309,6 +310,16 @@ def test_server_keeps_serving_after_bad_requests(stub, target, rng):
                  target_lengths=np.array([[4]], np.int32)),
          Code.INVALID_ARGUMENT, "Expected input query to be uint8"),
         (request("rank"), Code.FAILED_PRECONDITION, 'signature key "rank" not found'),
+        (request("index", features=videos, lengths=lengths[:1]), Code.INVALID_ARGUMENT,
+         "need one batch size (0th dimension): features has 2, lengths has 1"),
+        (request("index", features=videos, lengths=np.array([6, 4, 4], np.int32)),
+         Code.INVALID_ARGUMENT, "features has 2, lengths has 3"),
+        (request("fine_similarity", query=np.zeros((1, 4, 9, 64), np.uint8),
+                 query_length=np.array([4], np.int32), targets=np.zeros((2, 1, 4, 9, 64), np.uint8),
+                 target_lengths=np.array([[4], [4]], np.int32)),
+         Code.INVALID_ARGUMENT, "query has 1, query_length has 1, target_lengths has 2, targets has 2"),
+        (broadcast_request(), Code.RESOURCE_EXHAUSTED, "declares 73728000 elements, more than the "
+                                                       "server's limit of 33554432 per input"),
     ]
     for message, code, details in bad:
         with pytest.raises(grpc.RpcError) as error:
@@ -322,6 +333,49 @@ def test_server_keeps_serving_after_bad_requests(stub, target, rng):
                                          r"\[T >= 1, R, C\] \(packed codes uint8\), got float32"):
         backend.fine_similarity(np.zeros((4, 9, 64), np.uint8),
                                 [np.zeros((4, 9, 64), np.uint8), np.ones((4, 9, 512), np.float32)])
+
+
+def broadcast_request():
+    """The hostile request of issue 13: a few dozen bytes declaring 16,000 frames of features."""
+    message = request("index", lengths=np.array([16_000], np.int32))
+    features = message.inputs["features"]
+    features.CopyFrom(tf.make_tensor_proto(np.float32(1.0)))
+    for size in (1, 16_000, 9, 512):
+        features.tensor_shape.dim.add().size = size
+    assert message.ByteSize() < 100
+    return message
+
+
+def test_remote_backend_over_tls_matches_plaintext(exported, target, rng, tmp_path):
+    cert, key = self_signed(tmp_path, "server")
+    videos, mask = random_videos(rng, [5, 3])
+    expected = RemoteBackend(target).index(videos, mask)
+    with ModelServer({"dns": exported.models["dns"].parent}, ssl_config=ssl_config(cert, key)) as server:
+        backend = RemoteBackend(f"localhost:{server.port}", ssl_ca=str(cert), retries=0)
+        try:
+            got = backend.index(videos, mask)
+        finally:
+            backend.close()
+    np.testing.assert_array_equal(got.coarse, expected.coarse)
+    np.testing.assert_array_equal(got.selector, expected.selector)
+    for got_fine, expected_fine in zip(got.fine, expected.fine, strict=True):
+        np.testing.assert_array_equal(got_fine, expected_fine)
+
+
+def test_requests_stay_within_the_servers_element_limit(target, rng):
+    assert _requests([5, 3, 7, 2], 8, 10, 100) == [slice(0, 2), slice(2, 3), slice(3, 4)]
+    assert _requests([5, 3, 7, 2], 2, 10, 10**9) == [slice(0, 2), slice(2, 4)]
+    assert _requests([50, 3], 8, 10, 100) == [slice(0, 1), slice(1, 2)]  # alone, over the limit
+    videos, mask = random_videos(rng, [6, 4, 9, 2])
+    whole = RemoteBackend(target).index(videos, mask)
+    limit = 2 * 9 * 9 * 512  # two 9-frame videos of [9, 512] regions
+    cut = RemoteBackend(target, max_input_elements=limit).index(videos, mask)
+    np.testing.assert_allclose(cut.coarse, whole.coarse, atol=1e-5)  # padding differs per request
+    np.testing.assert_allclose(cut.selector, whole.selector, atol=1e-5)
+    backend = RemoteBackend(target, max_input_elements=2 * 9 * 9 * 64)
+    np.testing.assert_allclose(backend.fine_similarity(whole.fine[0], whole.fine),
+                               RemoteBackend(target).fine_similarity(whole.fine[0], whole.fine),
+                               atol=1e-6)
 
 
 def test_remote_feature_extractor_and_teacher(target, networks, parity):
@@ -340,7 +394,7 @@ def test_remote_feature_extractor_and_teacher(target, networks, parity):
         teacher.index_video(other), teacher.index_video(other))[0, 0], atol=1e-5)
 
 
-def test_search_command(tmp_path, target, local, capsys):
+def test_search_command(tmp_path, exported, target, local, capsys):
     """Videos -> features (server) -> a local index; queries by --video and by --features id."""
     paths = [make_video(tmp_path / f"{name}.mp4", seconds=6, fps=5, pattern=pattern)
              for name, pattern in (("bars", "smptebars"), ("fractal", "mandelbrot"),
@@ -383,3 +437,13 @@ def test_search_command(tmp_path, target, local, capsys):
                    "--features", str(tmp_path / "features.h5"), "--query", "bars", "--retries", "0"]
     assert cli_main(unreachable) == 1
     assert "server unavailable after 1 attempts" in capsys.readouterr().err
+
+    cert, key = self_signed(tmp_path, "server")
+    with ModelServer({"dns": exported.models["dns"].parent}, ssl_config=ssl_config(cert, key)) as server:
+        secure = ["search", "--server", f"localhost:{server.port}", "--index", str(index_path),
+                  "--mode", "fine", "--features", str(tmp_path / "features.h5"), "--query", "bars"]
+        assert cli_main(secure + ["--ssl_ca", str(cert)]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert [line.split()[1] for line in lines[2:5]] == expected.ids
+        assert cli_main(secure + ["--ssl_ca", str(tmp_path / "missing.pem")]) == 1
+        assert capsys.readouterr().err.startswith("dns-tf search: error: cannot read ssl_ca file")

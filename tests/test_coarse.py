@@ -45,8 +45,9 @@ def test_brute_force_is_exact():
     exact = queries @ database.T
     expected_columns = np.argsort(-exact, axis=1)[:, :10]
     np.testing.assert_array_equal(found, keys[expected_columns])
-    np.testing.assert_allclose(scores, np.take_along_axis(exact, expected_columns, 1), rtol=1e-5)
-    np.testing.assert_allclose(searcher.scores_all(queries), exact, rtol=1e-5)
+    np.testing.assert_allclose(scores, np.take_along_axis(exact, expected_columns, 1),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(searcher.scores_all(queries), exact, rtol=1e-5, atol=1e-6)
     # One [D] query, and k larger than the collection.
     single_scores, single_keys = searcher.search(queries[0], 5)
     np.testing.assert_array_equal(single_keys, found[:1, :5])
@@ -123,11 +124,12 @@ def test_merged_searcher_is_exact_search_over_the_live_vectors():
         merged_scores, merged_keys = merged.search(queries, k)
         exact_scores, exact_keys = exact.search(queries, k)
         np.testing.assert_array_equal(merged_keys, exact_keys)
-        np.testing.assert_allclose(merged_scores, exact_scores, rtol=1e-5)
+        np.testing.assert_allclose(merged_scores, exact_scores, rtol=1e-5, atol=1e-6)
     assert not np.isin(merged.search(queries, len(live))[1], removed).any()
     all_scores = merged.scores_all(queries)
     order = np.argsort(merged.keys)
-    np.testing.assert_allclose(all_scores[:, order], queries @ database[live].T, rtol=1e-5)
+    np.testing.assert_allclose(all_scores[:, order], queries @ database[live].T,
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_rebuild_policy():

@@ -244,11 +244,52 @@ def test_features_match_reference_extractor(loaded, parity):
     np.testing.assert_allclose(got, parity["fe.regions_pca512"], atol=1e-4)
 
 
-@pytest.mark.parametrize("lengths", [[0, 12, 5], [7, 13, 5]])
-def test_lengths_out_of_range_fail_with_invalid_argument(loaded, parity, lengths):
-    with pytest.raises(tf.errors.InvalidArgumentError, match="lengths must be"):
+def test_every_signature_serves_videos_shorter_than_the_comparator_needs(loaded, networks,
+                                                                         parity):
+    """Lengths 1-3 (documented valid): finite numbers equal to the Keras networks' on the video
+    alone, which treat them as padded with zero-similarity frames."""
+    videos = parity["inputs.videos"]
+    lengths = np.array([1, 2, 3], np.int32)
+    got = run(loaded["dns"], "index", features=videos, lengths=lengths)
+    alone = [networks["selector"].index_video(video[None, :length])[0, 0]
+             for video, length in zip(videos, lengths)]
+    assert np.isfinite(got["selector"]).all() and np.isfinite(got["coarse"]).all()
+    np.testing.assert_allclose(got["selector"], alone, atol=1e-6)
+    fine = networks["bin"]
+    similarity = run(loaded["dns"], "fine_similarity", query=got["fine"][:1],
+                     query_length=lengths[:1], targets=got["fine"][None],
+                     target_lengths=lengths[None])["similarity"]
+    expected = [fine.calculate_video_similarity(fine.index_video(videos[0, :1]),
+                                                fine.index_video(video[:length]))[0, 0]
+                for video, length in zip(videos, lengths)]
+    np.testing.assert_allclose(similarity[0], expected, atol=1e-5)
+    teacher = networks["teacher"]
+    query, target = parity["teacher.query_features"], parity["teacher.target_features"]
+    served = run(loaded["dns_teacher"], "similarity", query=query[None], target=target[None],
+                 query_length=np.array([2], np.int32), target_length=np.array([3], np.int32))
+    keras_score = teacher.calculate_video_similarity(teacher.index_video(query[:2]),
+                                                     teacher.index_video(target[:3]))[0, 0]
+    np.testing.assert_allclose(served["similarity"], [keras_score], atol=1e-5)
+    assert np.isfinite(served["similarity"]).all()
+
+
+@pytest.mark.parametrize("lengths, message", [
+    ([0, 12, 5], "lengths must be >= 1"), ([7, 13, 5], "lengths must be <= the frame axis"),
+    ([5], "lengths must have one entry per video"), ([7, 12, 5, 5], "one entry per video")])
+def test_lengths_out_of_range_or_of_another_batch_fail_with_invalid_argument(loaded, parity, lengths,
+                                                                               message):
+    assert len(parity["inputs.videos"]) == 3
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
         run(loaded["dns"], "index", features=parity["inputs.videos"],
             lengths=np.array(lengths, np.int32))
+
+
+def test_target_lengths_of_another_shape_than_the_targets_fail_with_invalid_argument(loaded):
+    size = loaded["dns"].signatures["fine_similarity"].structured_input_signature[1]["query"].shape[-1]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="target_lengths must have one entry"):
+        run(loaded["dns"], "fine_similarity", query=np.zeros((1, 4, 9, size), np.uint8),
+            query_length=np.array([4], np.int32), targets=np.zeros((1, 2, 4, 9, size), np.uint8),
+            target_lengths=np.array([[4]], np.int32))
 
 
 def test_graph_bit_packing_is_numpy_packbits(rng=np.random.default_rng(0)):

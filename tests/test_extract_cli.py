@@ -20,6 +20,10 @@ def collection(tmp_path_factory):
     make_video(root / "nested" / "two.webm", seconds=1, fps=5, codec="libvpx-vp9",
                pattern="mandelbrot")
     make_video(root / "three.mkv", seconds=3, fps=5, pattern="smptebars")
+    # Two frames 200,000 s apart: refused by the decoder's frame bound, not 200,000 frames.
+    make_video(root / "gap.mkv", seconds=400_000, fps=1, pattern="color",
+               output_args=("-vf", "setpts=N*200000/TB", "-fps_mode", "passthrough",
+                            "-frames:v", "2"))
     corrupt = root / "corrupt.mp4"
     corrupt.write_bytes((root / "one.mp4").read_bytes()[:300])   # header only, no frames
     (root / "notes.txt").write_text("not a video, not picked from a directory")
@@ -41,8 +45,9 @@ def test_extract_writes_every_readable_video_and_reports_the_rest(collection, ch
     assert report["extracted"] == 3 and report["frames"] == 2 + 1 + 3
     reasons = {failure["path"].rsplit("/", 1)[-1]: failure["reason"]
                for failure in report["failed"]}
-    assert set(reasons) == {"corrupt.mp4", "missing.mp4"}
+    assert set(reasons) == {"corrupt.mp4", "missing.mp4", "gap.mkv"}
     assert "no such file" in reasons["missing.mp4"]
+    assert "timestamps span more than 86400 s" in reasons["gap.mkv"]
     assert "corrupt.mp4" in capsys.readouterr().err
 
     extractor = FeatureExtractor.from_official(checkpoints / "resnet50_torchvision.npz",
@@ -58,17 +63,17 @@ def test_extract_writes_every_readable_video_and_reports_the_rest(collection, ch
     assert _extract(collection, checkpoints, out) == 1
     report = json.loads((tmp_path / "features.h5.report.json").read_text())
     assert report["extracted"] == 0 and report["already_done"] == 3
-    assert len(report["failed"]) == 2
+    assert len(report["failed"]) == 3
 
 
 def test_extract_to_tfrecord_with_frame_limit(collection, checkpoints, tmp_path):
     out = tmp_path / "shards"
     assert _extract(collection, checkpoints, out, "--max_frames", "1", "--dtype", "float16",
                     "--dims", "64") == 1
-    with open_features(out) as features:
-        assert sorted(features.ids()) == ["one", "three", "two"]
+    with open_features(out) as features:  # with max_frames, gap.mkv gives its first frame
+        assert sorted(features.ids()) == ["gap", "one", "three", "two"]
         assert {features[video_id].shape for video_id in features} == {(1, 9, 64)}
-    assert json.loads((tmp_path / "shards.report.json").read_text())["frames"] == 3
+    assert json.loads((tmp_path / "shards.report.json").read_text())["frames"] == 4
 
 
 def test_extract_needs_the_backbone(collection, tmp_path, monkeypatch):

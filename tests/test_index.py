@@ -130,11 +130,12 @@ def test_search_equals_exact_search(bits_index):
     result = bits_index.search(queries, k=25)
     assert result.ids == _exact_ids(bits_index, ids, vectors, queries, 25)
     np.testing.assert_allclose(result.scores, np.sort(queries @ vectors.T, axis=1)[:, ::-1][:, :25],
-                               rtol=1e-5)
+                               rtol=1e-5, atol=1e-6)
     scores, all_ids = bits_index.coarse_scores_all(queries)
     assert sorted(all_ids) == sorted(ids)
     columns = [ids.index(video_id) for video_id in all_ids]
-    np.testing.assert_allclose(scores, (queries @ vectors.T)[:, columns], rtol=1e-5)
+    np.testing.assert_allclose(scores, (queries @ vectors.T)[:, columns], rtol=1e-5,
+                               atol=1e-6)
     assert len(bits_index.search(queries[0], k=1000).ids[0]) == 300
 
 
@@ -431,3 +432,91 @@ def test_garbage_past_the_committed_end_is_harmless(tmp_path):
         assert writer.verify()["garbage_bytes"] == 0
         writer.add("b", _unit(rng, 1)[0], rng.standard_normal((2, 9, 64)), 0.0)
         assert writer.ids() == ["a", "b"] and writer.verify()["videos"] == 2
+
+
+# ------------------------------------------------------------------------------------ integrity
+def _flip(path, offset):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x40]))
+
+
+def _small_index(path, count=6):
+    rng = np.random.default_rng(12)
+    vectors = _unit(rng, count)
+    with VideoIndex.create(path, DIMS, "bits", (9, 64)) as index:
+        index.add_many([f"v{i}" for i in range(count)], vectors, [_codes(rng, 2)] * count,
+                       np.zeros(count))
+    return vectors
+
+
+def test_a_damaged_coarse_vector_is_never_served(tmp_path):
+    path = tmp_path / "idx"
+    vectors = _small_index(path)
+    _flip(os.path.join(path, COARSE_FILE), 3 * DIMS * 4 + 2)  # video v3's vector
+    with VideoIndex.open(path, readonly=True) as reader:
+        with pytest.raises(IndexCorruptError, match="coarse vector of video 'v3' fails its CRC-32"):
+            reader.search(vectors[0], k=3)
+        with pytest.raises(IndexCorruptError, match="'v3'"):
+            reader.coarse_scores_all(vectors[0])
+        with pytest.raises(IndexCorruptError, match="'v3'"):
+            reader.get("v3")
+    # A writer refuses the damaged index, naming the way out.
+    with pytest.raises(IndexCorruptError, match="not written to.*'v3'.*index verify"):
+        VideoIndex.open(path)
+    assert VideoIndex.repair(path) == ["v3"]
+    with VideoIndex.open(path) as writer:  # repaired: writable again, v3 can be added again
+        writer.add("v3", vectors[3], _codes(np.random.default_rng(0), 2), 0.0)
+        assert writer.search(vectors[3], k=1).ids == [["v3"]]
+        assert writer.verify()["videos"] == 6
+
+
+def test_a_damaged_coarse_vector_added_since_the_searcher_was_built_is_caught(tmp_path):
+    path = tmp_path / "idx"
+    vectors = _small_index(path)
+    with VideoIndex.open(path, readonly=True) as reader:
+        reader.search(vectors[0], k=1)  # searcher built
+        with VideoIndex.open(path) as writer:
+            writer.add("new", vectors[1], _codes(np.random.default_rng(1), 2), 0.0)
+        _flip(os.path.join(path, COARSE_FILE), 6 * DIMS * 4)
+        with pytest.raises(IndexCorruptError, match="'new'"):
+            reader.search(vectors[0], k=1)  # the delta reads it
+
+
+def test_symlinked_index_files_are_refused_and_their_targets_untouched(tmp_path):
+    path = tmp_path / "idx"
+    _small_index(path)
+    for name in (FINE_FILE, COARSE_FILE):
+        victim = tmp_path / f"victim-{name}"
+        victim.write_bytes(b"precious" * 1000)
+        original = os.path.join(path, name)
+        shutil.move(original, tmp_path / "moved")
+        os.symlink(victim, original)
+        for readonly in (True, False):
+            with pytest.raises(OSError, match="is a symlink"):
+                VideoIndex.open(path, readonly=readonly)
+        assert victim.read_bytes() == b"precious" * 1000
+        os.remove(original)
+        shutil.move(tmp_path / "moved", original)
+    shutil.move(os.path.join(path, "index.sqlite"), tmp_path / "db")
+    os.symlink(tmp_path / "db", os.path.join(path, "index.sqlite"))
+    with pytest.raises(VideoIndexError, match="is a symlink"):
+        VideoIndex.open(path, readonly=True)
+
+
+def test_a_damaged_sqlite_page_is_one_clear_error(tmp_path):
+    path = tmp_path / "idx"
+    vectors = _small_index(path, count=400)  # several pages of rows
+    db = os.path.join(path, "index.sqlite")
+    size = os.path.getsize(db)
+    with open(db, "r+b") as f:  # wipe a page in the middle (4096-byte pages)
+        f.seek(4096 * (size // 4096 // 2))
+        f.write(b"\xff" * 4096)
+    with pytest.raises(IndexCorruptError, match="index.sqlite is damaged"):
+        with VideoIndex.open(path, readonly=True) as reader:
+            reader.search(vectors[0], k=3)
+            [reader.get(video_id) for video_id in reader.ids()]
+    with pytest.raises(IndexCorruptError):
+        VideoIndex.open(path)

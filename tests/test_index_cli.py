@@ -123,9 +123,47 @@ def test_add_names_missing_videos_and_bad_features(tmp_path, capsys, networks, f
         file.create_dataset("teacher", data=np.ones((5, 9, 3840), np.float32))
     code, _, err = run(capsys, "index", "add", path, "--features", wrong, "--batch_size", "1")
     assert code == 1 and "'teacher'" in err and "(5, 9, 3840)" in err
-    assert "1 videos were added before the error" in err
+    assert "the other 1 are committed" in err
     with VideoIndex.open(str(path), readonly=True) as index:
-        assert index.ids() == ["good"]  # the batch before the bad one is kept
+        assert index.ids() == ["good"]
+
+
+def test_one_bad_or_short_video_never_fails_its_batch(tmp_path, capsys, networks, videos):
+    """Videos of 1-3 frames index like any other; a video with NaN features or the wrong shape
+    is skipped with a one-line reason naming it and the rest of its batch is committed."""
+    features = tmp_path / "mixed.h5"
+    nan = videos["x0"].copy()
+    nan[1, 2, 3] = np.nan
+    with h5py.File(features, "w") as file:
+        for frames in (1, 2, 3):
+            file.create_dataset(f"short{frames}", data=videos["x1"][:frames])
+        file.create_dataset("nan", data=nan)
+        file.create_dataset("wrong", data=np.ones((4, 9, 100), np.float32))
+        file.create_dataset("long", data=videos["x2"])
+    path = tmp_path / "mixed.idx"
+    create(capsys, path, networks)
+    code, out, err = run(capsys, "index", "add", path, "--features", features,
+                         "--batch_size", "16")
+    assert code == 1 and "added 4 videos" in out
+    lines = err.strip().splitlines()
+    assert any("skipped video 'nan'" in line and "non-finite" in line for line in lines)
+    assert any("skipped video 'wrong'" in line and "(4, 9, 100)" in line for line in lines)
+    assert lines[-1] == (f"dns-tf index: error: 2 videos of {features} could not be indexed "
+                         f"(listed above); the other 4 are committed")
+    assert "Traceback" not in err
+    with VideoIndex.open(str(path), readonly=True) as index:
+        assert sorted(index.ids()) == ["long", "short1", "short2", "short3"]
+        assert index.get("short1").num_frames == 1
+        assert np.isfinite(index.selector_scores(index.ids())).all()
+    # A rerun retries only the bad ones.
+    code, out, _ = run(capsys, "index", "add", path, "--features", features)
+    assert code == 1 and "added 0 videos (4 already indexed)" in out
+    # A one-frame query answers in every search mode.
+    for mode in ("coarse", "fine", "dns"):
+        code, out, err = run(capsys, "index", "search", path, "--features", features,
+                             "--query", "short1", "--mode", mode, "--json")
+        hits = json.loads(out)["queries"][0]["hits"]
+        assert code == 0 and len(hits) == 4 and all(np.isfinite(h["score"]) for h in hits), err
 
 
 def test_search_matches_the_library(capsys, filled_index, features_h5, networks, videos):
@@ -235,3 +273,52 @@ def test_search_localises_the_copies_of_reranked_hits(capsys, filled_index, feat
     code, out, _ = run(capsys, "index", "search", path, "--features", features_h5, "--query",
                        "q0", "--mode", "fine", "--segments")
     assert code == 0 and f"query 0.0-{length}.0 s = target 0.0-{length}.0 s" in out
+
+
+def test_a_batch_the_networks_fail_on_is_retried_video_by_video():
+    from dns_tf.index.command import index_videos
+    from dns_tf.retrieval import IndexedVideos
+
+    class Backend:
+        """Fails on any batch holding a 7-frame video; NaN coarse vectors for 5-frame ones."""
+
+        def index(self, videos, mask):
+            lengths = mask.sum(axis=1).astype(int)
+            if 7 in lengths:
+                raise RuntimeError("Aborted: pooling failed\nsecond line")
+            coarse = np.where(lengths[:, None] == 5, np.nan, lengths[:, None] * np.ones((1, 4)))
+            return IndexedVideos(coarse=coarse, fine=[v[:n] for v, n in zip(videos, lengths)],
+                                 selector=lengths.astype(np.float32))
+
+    videos = [np.ones((n, 2, 3), np.float32) for n in (3, 7, 5, 9)]
+    failed = []
+    ids, indexed = index_videos(Backend(), ["a", "b", "c", "d"], videos, failed)
+    assert ids == ["a", "d"] and indexed.selector.tolist() == [3, 9]
+    assert [f[0] for f in failed] == ["b", "c"]
+    assert failed[0][1] == "the networks failed on it: RuntimeError: Aborted: pooling failed"
+    assert "non-finite" in failed[1][1]
+
+
+def test_verify_repair_and_a_damaged_index_are_one_line_errors(tmp_path, capsys, networks,
+                                                               features_h5):
+    path = tmp_path / "damaged.idx"
+    create(capsys, path, networks)
+    run(capsys, "index", "add", path, "--features", features_h5, "--ids", "x0", "x1", "x2")
+    code, out, _ = run(capsys, "index", "verify", path)
+    assert code == 0 and "3 videos verified, no problems" in out
+    with open(path / "coarse.f32", "r+b") as f:  # x1's vector (128-d float32 rows)
+        f.seek(128 * 4 + 7)
+        byte = f.read(1)
+        f.seek(128 * 4 + 7)
+        f.write(bytes([byte[0] ^ 1]))
+    code, _, err = run(capsys, "index", "search", path, "--features", features_h5, "--query", "q0")
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert err.startswith("dns-tf index: error: ") and "'x1' fails its CRC-32 check" in err
+    code, _, err = run(capsys, "index", "add", path, "--features", features_h5, "--ids", "x3")
+    assert code == 1 and "not written to" in err and "index verify" in err
+    code, _, err = run(capsys, "index", "verify", path)
+    assert code == 1 and "'x1'" in err and len(err.strip().splitlines()) == 1
+    code, out, _ = run(capsys, "index", "verify", path, "--repair")
+    assert code == 0 and "removed 1 damaged videos: x1" in out and "2 videos verified" in out
+    code, out, _ = run(capsys, "index", "add", path, "--features", features_h5, "--ids", "x1", "x3")
+    assert code == 0 and "added 2 videos" in out

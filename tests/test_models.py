@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from dns_tf.layers import VideoComparator
 from dns_tf.models import CoarseGrainedStudent, FineGrainedStudent, SelectorNetwork, ViSiLTeacher
 
 
@@ -71,3 +72,84 @@ def test_bad_input_shapes_are_explained():
     student = FineGrainedStudent()
     with pytest.raises(ValueError, match=r"\[T, R, D\] or \[B, T, R, D\]"):
         student.index_video(np.zeros((4, 512), np.float32))
+
+
+class _UnguardedComparator(VideoComparator):
+    """The comparator without its short-video handling: the numbers before it existed."""
+
+    def _at_least_min_frames(self, similarity, pair_mask):
+        return similarity, pair_mask
+
+
+def test_comparator_leaves_videos_of_min_frames_or_more_bit_for_bit_unchanged():
+    rng = np.random.default_rng(5)
+    comparator = VideoComparator()
+    comparator.build((None, None, None))
+    unguarded = _UnguardedComparator()
+    unguarded.build((None, None, None))
+    unguarded.set_weights(comparator.get_weights())
+    lengths = np.array([4, 7, 12])
+    mask = (np.arange(12)[None] < lengths[:, None]).astype(np.float32)
+    pair_mask = mask[:, :, None] * mask[:, None, :]
+    similarity = rng.uniform(-1, 1, (3, 12, 12)).astype(np.float32) * pair_mask
+    for args in ((similarity, pair_mask), (similarity[:1, :4, :7], None)):
+        got, got_mask = comparator(*args)
+        expected, expected_mask = unguarded(*args)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+        if got_mask is not None:
+            np.testing.assert_array_equal(np.asarray(got_mask), np.asarray(expected_mask))
+
+
+@pytest.mark.parametrize("frames", [1, 2, 3])
+def test_comparator_treats_short_videos_as_padded_with_zero_similarity_frames(frames):
+    rng = np.random.default_rng(frames)
+    comparator = VideoComparator()
+    comparator.build((None, None, None))
+    similarity = rng.uniform(-1, 1, (1, frames, 9)).astype(np.float32)
+    padded = np.zeros((1, 4, 9), np.float32)
+    padded[:, :frames] = similarity
+    output, mask = comparator(similarity, np.ones_like(similarity))
+    expected, expected_mask = comparator(padded, np.ones_like(padded))
+    assert output.shape == (1, 1, 2)
+    np.testing.assert_array_equal(np.asarray(output), np.asarray(expected))
+    np.testing.assert_array_equal(np.asarray(mask), np.asarray(expected_mask))
+    # Inside a padded batch (a longer video beside it) the short video scores as alone.
+    batch = np.zeros((2, 10, 9), np.float32)
+    batch[0, :frames] = similarity[0]
+    batch_mask = np.zeros((2, 10, 9), np.float32)
+    batch_mask[0, :frames] = 1
+    batch_mask[1] = 1
+    output, mask = comparator(batch, batch_mask)
+    np.testing.assert_allclose(np.asarray(output)[0, :1], np.asarray(expected)[0], atol=1e-6)
+    assert np.asarray(mask)[0, 0].tolist() == [1, 1] and not np.asarray(mask)[0, 1:].any()
+
+
+def test_every_network_indexes_and_compares_videos_shorter_than_the_comparator_needs():
+    rng = np.random.default_rng(6)
+    selector = SelectorNetwork()
+    coarse = CoarseGrainedStudent(netvlad_clusters=4, netvlad_outdims=64,
+                                  transformer_feedforward_dims=128)
+    fine = FineGrainedStudent()
+    teacher = ViSiLTeacher(dims=64)
+    long_video = _videos(rng, [9])[0][0]
+    for frames in (1, 2, 3):
+        video = _videos(rng, [frames])[0][0]
+        padded = np.concatenate([video, np.zeros((4 - frames, 9, 512), np.float32)])
+        score = np.asarray(selector.index_video(video))
+        assert score.shape == (1, 1) and np.isfinite(score).all()
+        # Alone or in a padded batch next to a longer video: the same self-similarity.
+        batch, mask = _videos(rng, [frames, 9])
+        batch[0, :frames] = video
+        batched = np.asarray(selector.index_video(batch, mask))
+        np.testing.assert_allclose(batched[0], score[0], atol=1e-6)
+        assert np.isfinite(np.asarray(coarse.index_video(video))).all()
+        # Zero feature frames have zero similarity with everything: the definition.
+        similarity = np.asarray(fine.calculate_video_similarity(
+            fine.index_video(video), fine.index_video(long_video)))
+        expected = np.asarray(fine.calculate_video_similarity(
+            fine.index_video(padded), fine.index_video(long_video)))
+        np.testing.assert_allclose(similarity, expected, atol=1e-6)
+        small = video[..., :64]
+        teacher_score = np.asarray(teacher.calculate_video_similarity(
+            teacher.index_video(small), teacher.index_video(long_video[..., :64])))
+        assert np.isfinite(teacher_score).all() and np.abs(teacher_score).max() <= 1

@@ -178,3 +178,28 @@ def test_backend_must_match_the_index(tmp_path, checkpoints, backend):
                            fine_shape_tail=(9, 512)) as index:
         with pytest.raises(ValueError, match="float16"):
             DnSRetriever(index, attention)
+
+
+def test_videos_shorter_than_the_comparator_needs_index_and_search_in_every_mode(
+        tmp_path, backend, collection):
+    rng = np.random.default_rng(11)
+    short = {f"s{frames}": unit_regions(rng, frames) for frames in (1, 2, 3)}
+    videos = {**short, **dict(list(collection[1].items())[:5])}
+    with build_index(tmp_path / "index", backend, videos) as index:  # short and long, one batch
+        retriever = DnSRetriever(index, backend)
+        for video_id, video in short.items():
+            alone = backend.index(video[None], np.ones((1, len(video)), np.float32))
+            assert np.isfinite(alone.selector).all()
+            assert index.get(video_id).selector_score == pytest.approx(alone.selector[0],
+                                                                       abs=1e-5)
+        query = short["s1"]  # a one-frame query
+        for mode in ("coarse", "fine", "dns"):
+            ranking = retriever.search(query, SearchConfig(mode=mode, percentage=50, top=8))
+            assert len(ranking.hits) == 8 and np.isfinite(ranking.scores).all(), mode
+        ranking = retriever.search(query, SearchConfig(mode="fine", top=8))
+        student = backend.fine_student
+        fine_query = unpack_bits(retriever.index_query(query).fine[0])
+        for hit in ranking.hits:
+            target = unpack_bits(index.get(hit.video_id).fine)
+            expected = float(np.asarray(student.calculate_video_similarity(fine_query, target))[0, 0])
+            assert hit.score == pytest.approx(expected / 2 + 0.5, abs=1e-5), hit.video_id

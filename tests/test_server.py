@@ -16,6 +16,7 @@ from concurrent import futures
 
 import grpc
 import numpy as np
+from google.protobuf import text_format
 import pytest
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
@@ -27,10 +28,15 @@ from serving.batching import read_batching_parameters
 from serving.command import register
 from serving.model_config import (available_versions, read_model_server_config,
                                   resolve_servable_models, write_model_server_config)
+from serving.client import ServingClient, ServingRequestError
+from serving.config import ServeConfig
 from serving.server import ModelServer
+from serving.tls import read_ssl_config
+from tls_fixtures import self_signed, ssl_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MAX_REQUEST_BYTES = 1 << 20
+MAX_INPUT_ELEMENTS = 1 << 20  # 4 MiB of float32: more than MAX_REQUEST_BYTES
 MODELS_CONFIG = """
 model_config_list {
   config { name: 'adder' base_path: '%(root)s/adder' model_platform: 'tensorflow' }
@@ -64,7 +70,8 @@ def model_root(tmp_path_factory) -> pathlib.Path:
 
 @pytest.fixture(scope="module")
 def server(model_root):
-    with ModelServer(model_root / "models.config", max_request_bytes=MAX_REQUEST_BYTES) as server:
+    with ModelServer(model_root / "models.config", max_request_bytes=MAX_REQUEST_BYTES,
+                     max_input_elements=MAX_INPUT_ELEMENTS) as server:
         yield server
 
 
@@ -215,10 +222,11 @@ def _corrupt_content():
     return tensor
 
 
-def _huge_claimed_shape():
+def _claimed_shape(*shape):
+    """A few bytes on the wire: one value, broadcast to ``shape`` when decoded."""
     tensor = tf.make_tensor_proto(np.float32(1.0))
-    tensor.tensor_shape.dim.add().size = 10_000_000
-    tensor.tensor_shape.dim.add().size = 3
+    for size in shape:
+        tensor.tensor_shape.dim.add().size = size
     return tensor
 
 
@@ -250,8 +258,17 @@ BAD_PREDICTS = {
                        "output tensor alias not found in signature: nope"),
     "duplicate output": (dict(output_filter=["sum", "sum"], **GOOD), Code.INVALID_ARGUMENT,
                          "duplicate output tensor alias: sum"),
-    "input decoding huge": (dict(x=_huge_claimed_shape(), y=GOOD["y"]), Code.RESOURCE_EXHAUSTED,
+    "input declaring many elements": (
+        dict(x=_claimed_shape(MAX_INPUT_ELEMENTS // 3 + 1, 3), y=GOOD["y"]),
+        Code.RESOURCE_EXHAUSTED, f"more than the server's limit of {MAX_INPUT_ELEMENTS} per input"),
+    "input declaring over 2**63 elements": (
+        dict(x=_claimed_shape(1 << 62, 3), y=GOOD["y"]), Code.RESOURCE_EXHAUSTED,
+        f"declares {3 << 62} elements"),
+    "input decoding huge": (dict(x=_claimed_shape(MAX_REQUEST_BYTES // 12 + 1, 3), y=GOOD["y"]),
+                            Code.RESOURCE_EXHAUSTED,
                             f"more than the server's limit of {MAX_REQUEST_BYTES} bytes"),
+    "batch sizes differ": (dict(x=_float_tensor((2, 3)), y=_float_tensor((1, 3))), Code.INVALID_ARGUMENT,
+                           "one batch size (0th dimension): x has 2, y has 1"),
     "request too large": (dict(x=_float_tensor((MAX_REQUEST_BYTES // 12 + 1, 3)),
                                y=_float_tensor((1, 3))), Code.RESOURCE_EXHAUSTED,
                           "Received message larger than max"),
@@ -381,6 +398,7 @@ def test_batching_parameters_file_is_parsed_and_checked(tmp_path):
     (["--model_config_file", "{tmp}/missing.config"], "cannot read model config file"),
     (["--model_config_file", "{tmp}/x", "--model_base_path", "{tmp}"], "not both"),
     ([], "give --model_config_file or --model_base_path"),
+    (["--model_base_path", "{tmp}", "--ssl_config_file", "{tmp}/ssl.config"], "cannot read SSL config file"),
 ])
 def test_dns_tf_serve_refuses_a_bad_setup_with_a_clear_message(tmp_path, capsys, flags, message):
     parser = argparse.ArgumentParser()
@@ -390,12 +408,14 @@ def test_dns_tf_serve_refuses_a_bad_setup_with_a_clear_message(tmp_path, capsys,
     assert message in capsys.readouterr().err
 
 
-def test_dns_tf_serve_answers_then_exits_cleanly_on_sigterm(model_root, tmp_path):
+def test_dns_tf_serve_answers_then_exits_within_the_grace_on_sigterm(model_root, tmp_path):
+    """Binds 127.0.0.1 by default; a request still running at SIGTERM does not hold the exit."""
+    grace, tolerance = 1.0, 5.0
     batching = tmp_path / "batching.config"
     batching.write_text("max_batch_size { value: 8 }")
     process = subprocess.Popen(
         [sys.executable, "-m", "dns_tf.cli", "serve", "--model_config_file",
-         str(model_root / "models.config"), "--host", "127.0.0.1", "--port", "0",
+         str(model_root / "models.config"), "--port", "0", "--shutdown_grace_seconds", str(grace),
          "--enable_batching", "--batching_parameters_file", str(batching)],
         cwd=REPO, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
@@ -421,8 +441,19 @@ def test_dns_tf_serve_answers_then_exits_cleanly_on_sigterm(model_root, tmp_path
             response = stub.Predict(predict_request(model="adder_v1", **inputs), timeout=30)
             np.testing.assert_allclose(outputs_of(response)["sum"],
                                        adder_reference(inputs["x"], inputs["y"], 1.0)["sum"], rtol=1e-6)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
+            # Minutes of looping: still running when the grace ends.
+            in_flight = stub.Predict.future(predict_request(
+                model="adder_v1", signature="spin", iterations=np.int32(2_000_000_000)), timeout=600)
+            time.sleep(0.5)
+            assert not in_flight.done()
+            signalled = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=60) == 0
+            took = time.monotonic() - signalled
+            assert took < grace + tolerance, f"exited {took:.1f} s after SIGTERM, grace {grace} s"
+            with pytest.raises(grpc.RpcError) as raised:
+                in_flight.result()
+            assert raised.value.code() in (Code.CANCELLED, Code.UNAVAILABLE)
     finally:
         if process.poll() is None:
             process.kill()
@@ -430,3 +461,96 @@ def test_dns_tf_serve_answers_then_exits_cleanly_on_sigterm(model_root, tmp_path
     while not lines.empty():
         log.append(lines.get())
     assert any("max_batch_size" in line for line in log), "".join(log)
+    assert any("abandoning 1 request(s)" in line for line in log), "".join(log)
+
+
+def test_the_default_address_is_loopback_only():
+    assert ServeConfig().host == "127.0.0.1"
+    assert ModelServer({})._address.startswith("127.0.0.1:")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--port", "70000"], "--port must be in 0-65535, got 70000"),
+    (["--port", "-1"], "--port must be in 0-65535, got -1"),
+    (["--max_input_elements", "0"], "--max_input_elements must be positive"),
+    (["--shutdown_grace_seconds", "-1"], "--shutdown_grace_seconds must be >= 0"),
+])
+def test_dns_tf_serve_refuses_out_of_range_flags_as_usage_errors(tmp_path, capsys, flags, message):
+    parser = argparse.ArgumentParser(prog="dns-tf")
+    register(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--model_base_path", str(tmp_path)] + flags)
+    with pytest.raises(SystemExit) as exited:
+        args.func(args)
+    assert exited.value.code == 2
+    assert f"dns-tf serve: error: {message}" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="port must be in 0-65535"):
+        ModelServer({}, port=70000)
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tls")
+    return {name: self_signed(directory, name) for name in ("server", "client", "stranger")}
+
+
+def _adder_sum(client: ServingClient, seed: int = 6) -> None:
+    inputs = adder_inputs(seed=seed)
+    outputs, version = client.predict("adder", "", inputs)
+    assert version == 2
+    np.testing.assert_allclose(outputs["sum"], adder_reference(inputs["x"], inputs["y"], 2.0)["sum"],
+                               rtol=1e-6)
+
+
+def test_tls_serves_clients_that_trust_its_certificate_only(model_root, certificates, tmp_path):
+    server_cert, server_key = certificates["server"]
+    config_file = tmp_path / "ssl.config"
+    config_file.write_text(text_format.MessageToString(ssl_config(server_cert, server_key)))
+    with ModelServer({"adder": model_root / "adder"}, ssl_config=config_file) as server:
+        target = f"127.0.0.1:{server.port}"
+        with ServingClient(target, ssl_ca=str(server_cert), retries=0) as client:
+            _adder_sum(client)
+        for options in ({}, {"ssl_ca": str(certificates["stranger"][0])}):  # plaintext; wrong CA
+            with ServingClient(target, retries=0, timeout=10, **options) as client, \
+                    pytest.raises(ServingRequestError) as raised:
+                _adder_sum(client)
+            assert raised.value.code == Code.UNAVAILABLE
+
+
+def test_tls_with_client_verify_needs_a_client_certificate_from_custom_ca(model_root, certificates):
+    server_cert, server_key = certificates["server"]
+    client_cert, client_key = certificates["client"]
+    config = ssl_config(server_cert, server_key, client_ca=client_cert)
+    with ModelServer({"adder": model_root / "adder"}, ssl_config=config) as server:
+        target = f"127.0.0.1:{server.port}"
+        with ServingClient(target, ssl_ca=str(server_cert), ssl_cert=str(client_cert),
+                           ssl_key=str(client_key), retries=0) as client:
+            _adder_sum(client)
+        stranger_cert, stranger_key = certificates["stranger"]
+        for options in ({}, {"ssl_cert": str(stranger_cert), "ssl_key": str(stranger_key)}):
+            with ServingClient(target, ssl_ca=str(server_cert), retries=0, timeout=10,
+                               **options) as client, pytest.raises(ServingRequestError) as raised:
+                _adder_sum(client)
+            assert raised.value.code == Code.UNAVAILABLE
+
+
+def test_bad_tls_settings_are_refused_with_the_file_and_field(certificates, tmp_path):
+    server_cert, server_key = certificates["server"]
+    path = tmp_path / "ssl.config"
+
+    def refused(text: str, message: str):
+        path.write_text(text)
+        with pytest.raises(ValueError, match=re.escape(message)):
+            read_ssl_config(path)
+
+    refused(f"server_cert: {server_cert.read_text()!r}", f"{path}: SSLConfig needs server_key")
+    refused(f"server_key: {str(server_key)!r} server_cert: {server_cert.read_text()!r}",
+            "server_key must hold PEM contents")
+    refused(text_format.MessageToString(ssl_config(server_cert, server_key)) + "client_verify: true",
+            "client_verify needs custom_ca")
+    refused("server_pem: 'x'", "not a valid tensorflow.serving.SSLConfig")
+    with pytest.raises(FileNotFoundError, match="cannot read SSL config file"):
+        read_ssl_config(tmp_path / "missing.config")
+    with pytest.raises(ValueError, match="ssl_cert and ssl_key go together"):
+        ServingClient("127.0.0.1:1", ssl_cert=str(server_cert))
+    with pytest.raises(ValueError, match="ssl_ca file .* is not PEM"):
+        ServingClient("127.0.0.1:1", ssl_ca=str(path))

@@ -158,7 +158,11 @@ def test_two_workers_train_the_same_student_as_one(tmp_path, pairs_file):
         assert worker.returncode == 0, output[-3000:]
     two = load_model(tmp_path / "two_workers" / "student.keras")
     one = load_model(tmp_path / "one_worker" / "student.keras")
-    assert_same_weights(two, one, atol=1e-5)
+    # Adam divides each gradient by its running RMS, so a component whose gradient is near zero
+    # turns summation-order rounding (the all-reduce's, and the BLAS kernels': 7.5e-5 seen with
+    # OPENBLAS_CORETYPE=Haswell) into a visible fraction of one step (lr = 1e-3). A wrong split
+    # of the global batch moves every weight by whole steps, far beyond this bound.
+    assert_same_weights(two, one, atol=2.5e-4)
     assert not np.allclose(np.asarray(one.weights[0]),
                            np.asarray(load_model(initial).weights[0]))  # it did train
 

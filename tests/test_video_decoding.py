@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from videos import frame_index, make_audio, make_video, second_color
 
-from dns_tf.features.video import VideoDecodeError, iter_frames, load_video, probe_video
+from dns_tf.features.video import (MAX_VIDEO_SECONDS, VideoDecodeError, iter_frames, load_video,
+                                   probe_video)
 
 NATIVE = {"resize": None, "crop": None}
 
@@ -233,3 +234,21 @@ def test_invalid_arguments_are_rejected_when_called(videos, kwargs):
 def test_crop_larger_than_the_frame_is_a_clear_error(videos):
     with pytest.raises(VideoDecodeError, match="smaller than the crop size 224"):
         load_video(videos["landscape.mp4"], resize=None, crop=224)
+
+
+def test_a_huge_timestamp_gap_is_refused_before_frames_are_made(tmp_path):
+    """Two frames 200,000 s apart (a 1.4 KB mkv declaring 200,001 s): more than MAX_VIDEO_SECONDS,
+    so a clear error instead of 200,000 frames in memory; max_frames takes its first frames."""
+    path = make_video(tmp_path / "gap.mkv", seconds=400_000, fps=1, pattern="color",
+                      output_args=("-vf", "setpts=N*200000/TB", "-fps_mode", "passthrough",
+                                   "-frames:v", "2"))
+    assert path.stat().st_size < 12_000 and 200_000 > MAX_VIDEO_SECONDS
+    tracemalloc.start()
+    with pytest.raises(VideoDecodeError, match=f"gap.mkv.*more than {MAX_VIDEO_SECONDS} s.*"
+                                               f"max_frames"):
+        load_video(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 20 * 2**20  # not one 224x224 frame per second of the gap
+    frames = list(iter_frames(path, max_frames=5))
+    assert len(frames) == 5 and all(f.shape == (224, 224, 3) for f in frames)

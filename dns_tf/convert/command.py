@@ -1,6 +1,7 @@
 """``dns-tf convert``: an official checkpoint in, a Keras file out (no torch needed to load it)."""
 
 import os
+import sys
 
 import numpy as np
 
@@ -18,9 +19,14 @@ def register(subparsers):
 
 
 def run(args):
-    from dns_tf.convert.official import load_official
+    from dns_tf.convert.official import CheckpointMismatchError, load_official
+    from dns_tf.convert.torch_pickle import CheckpointFormatError
 
-    converted = load_official(args.checkpoint)
+    try:
+        converted = load_official(args.checkpoint)
+    except (CheckpointFormatError, CheckpointMismatchError, OSError) as error:
+        print(f"dns-tf convert: error: {error}", file=sys.stderr)
+        return 1
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     if isinstance(converted, np.ndarray):
         np.savez(_with_suffix(args.output, ".npz"), proj=converted)

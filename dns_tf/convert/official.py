@@ -33,8 +33,14 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """
     path = os.fspath(path)
     if path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return {key: data[key] for key in data.files}
+        except FileNotFoundError:
+            raise
+        except Exception as error:  # a damaged zip or .npy header, or object arrays
+            raise CheckpointFormatError(f"{path}: not a readable .npz checkpoint "
+                                        f"({type(error).__name__}: {error})") from error
     checkpoint = load_torch_file(path)
     if not isinstance(checkpoint, dict):
         raise CheckpointFormatError(
@@ -42,14 +48,24 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return checkpoint
 
 
-def split_checkpoint(checkpoint: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def split_checkpoint(checkpoint: dict[str, Any],
+                     source: str = "checkpoint") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """``(state_dict, args)`` of a training checkpoint or a plain state_dict."""
     if "model" in checkpoint and isinstance(checkpoint["model"], dict):
         state = checkpoint["model"]
         args = checkpoint.get("args")
-        args = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
+        if isinstance(args, argparse.Namespace):
+            args = vars(args)
+        elif not isinstance(args, (dict, type(None))):
+            raise CheckpointFormatError(f"{source}: 'args' is a {type(args).__name__}, expected "
+                                        "an argparse.Namespace or a dict")
+        args = dict(args or {})
     else:
         state, args = checkpoint, {}
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, np.ndarray):
+            raise CheckpointFormatError(f"{source}: state_dict entry {key!r:.60} holds a "
+                                        f"{type(value).__name__}, expected a tensor")
     state = {re.sub(r"^module\.", "", key): value for key, value in state.items()}
     return state, args
 
@@ -277,7 +293,7 @@ def load_official(path: str | os.PathLike):
     projection array ``[D, bits]`` and PCA files (``{'mean', 'V', 'd'}``) as their dict of arrays.
     """
     path = os.fspath(path)
-    state, args = split_checkpoint(read_checkpoint(path))
+    state, args = split_checkpoint(read_checkpoint(path), path)
     kind = detect_kind(state)
     if kind == "itq":
         return np.asarray(state["proj"], dtype=np.float32)

@@ -13,8 +13,10 @@ teacher's outputs in ``[-1, 1]`` (Python or numpy floats). Each epoch the refere
 positive and one negative per query from these pools.
 
 Pickles can run code, so :func:`load_pairs` unpickles with an allow-list: builtin containers,
-numbers and strings, plus the few numpy functions that rebuild scalars and arrays. Anything else is
-refused before it is called. The released files load unchanged.
+numbers and strings, plus this module's own public-API versions of the few numpy functions that
+rebuild scalars and arrays, which accept only plain number and string dtypes (an object or
+structured dtype would let the file's bytes be read as pointers). Anything else is refused before it
+is called. The released files load unchanged.
 
 Example:
 
@@ -36,34 +38,141 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from dns_tf.safe_pickle import RestrictedUnpickler
+from dns_tf.safe_pickle import RestrictedUnpickler, Sealed
 
 POOLS = ("positives", "negatives")
 
 
-class UnsafePairsError(pickle.UnpicklingError):
+class PairsFormatError(ValueError):
+    """A pairs file or structure does not follow the layout above (the error for any bad file)."""
+
+
+class UnsafePairsError(PairsFormatError, pickle.UnpicklingError):
     """A pairs file asked the unpickler for something outside the allow-list."""
 
 
-class PairsFormatError(ValueError):
-    """A pairs file or structure does not follow the layout above."""
+# The largest pairs pickle read (the released files are far smaller).
+MAX_PAIRS_BYTES = 8 * 2**30
+# numpy values are rebuilt from plain descriptors only: booleans, numbers and fixed-width strings.
+# Object, structured, sub-array and void dtypes (which could make numpy read pointers from the
+# file's bytes) are refused.
+_PLAIN_KINDS = "biufcSU"
+_MAX_STRING_ITEMSIZE = 2**20
 
+
+class _PickledDtype:
+    """What a pickle's ``numpy.dtype(...)`` plus its state become: a validated plain dtype."""
+
+    __slots__ = ("dtype",)
+
+    def __init__(self, descriptor: Any, align: Any = False, copy: Any = False):
+        if not isinstance(descriptor, str) or len(descriptor) > 8:
+            raise PairsFormatError(f"numpy dtype {descriptor!r:.40} is not a plain descriptor")
+        dtype = np.dtype(descriptor)
+        if dtype.kind not in _PLAIN_KINDS or dtype.fields is not None or dtype.subdtype:
+            raise PairsFormatError(f"numpy dtype {descriptor!r} is not a plain number or string "
+                                   "type")
+        self.dtype = dtype
+
+    def __repr__(self):
+        return f"numpy dtype {self.dtype}"
+
+    def __setstate__(self, state: Any) -> None:
+        """numpy's dtype state ``(version, byteorder, subarray, names, fields, elsize, ...)``."""
+        if not isinstance(state, tuple) or len(state) not in (8, 9) or state[0] not in (3, 4):
+            raise PairsFormatError(f"numpy dtype state {state!r:.80} is not a plain dtype's")
+        _, byteorder, subarray, names, fields, elsize = state[:6]
+        if subarray is not None or names is not None or fields is not None:
+            raise PairsFormatError(f"numpy dtype state {state!r:.80} declares fields or "
+                                   "sub-arrays; only plain numbers and strings are read")
+        if byteorder not in ("<", ">", "=", "|"):
+            raise PairsFormatError(f"numpy dtype byteorder {byteorder!r:.20}")
+        if self.dtype.kind in "SU":
+            width = 4 if self.dtype.kind == "U" else 1
+            if not isinstance(elsize, int) or not 0 < elsize <= _MAX_STRING_ITEMSIZE \
+                    or elsize % width:
+                raise PairsFormatError(f"numpy string dtype item size {elsize!r:.20}")
+            self.dtype = np.dtype(f"{self.dtype.kind}{elsize // width}")
+        if byteorder in "<>":
+            self.dtype = self.dtype.newbyteorder(byteorder)
+
+
+def _plain_dtype(dtype: Any) -> np.dtype:
+    if not isinstance(dtype, _PickledDtype):
+        raise PairsFormatError(f"expected a numpy dtype, got {type(dtype).__name__}")
+    return dtype.dtype
+
+
+def _raw_bytes(data: Any, dtype: np.dtype, shape: tuple[int, ...]) -> bytes | bytearray:
+    if not isinstance(data, (bytes, bytearray)):
+        raise PairsFormatError(f"numpy data is {type(data).__name__}, expected bytes")
+    if not isinstance(shape, tuple) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+        raise PairsFormatError(f"numpy shape {shape!r:.80} is not a tuple of sizes")
+    if len(data) != math.prod(shape) * dtype.itemsize:
+        raise PairsFormatError(f"numpy data of {len(data)} bytes for shape {shape} of {dtype}")
+    return data
+
+
+def _scalar(dtype: Any, data: Any) -> np.generic:
+    """``numpy.core.multiarray.scalar``: one value of a plain dtype from its bytes."""
+    dtype = _plain_dtype(dtype)
+    return np.frombuffer(_raw_bytes(data, dtype, ()), dtype=dtype)[0]
+
+
+def _frombuffer(data: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+    """``numpy.core.numeric._frombuffer`` (protocol-5 arrays), copied out of the pickle's bytes."""
+    dtype = _plain_dtype(dtype)
+    if order not in ("C", "F"):
+        raise PairsFormatError(f"numpy array order {order!r:.20}")
+    flat = np.frombuffer(_raw_bytes(data, dtype, shape), dtype=dtype)
+    return flat.reshape(shape, order=order).copy(order="K")
+
+
+class _PickledArray(np.ndarray):
+    """What ``numpy.core.multiarray._reconstruct`` hands a pickle: it accepts only plain state."""
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) != 5:
+            raise PairsFormatError(f"numpy array state {state!r:.80}")
+        version, shape, dtype, fortran, data = state
+        dtype = _plain_dtype(dtype)
+        super().__setstate__((version, shape, dtype, bool(fortran),
+                              bytes(_raw_bytes(data, dtype, shape))))
+
+
+def _reconstruct(subtype: Any, shape: Any, typecode: Any) -> _PickledArray:
+    if subtype is not _NDARRAY:
+        raise PairsFormatError(f"numpy array of type {subtype!r:.40}")
+    return _PickledArray((0,), np.uint8)
+
+
+def _latin1(text: Any, encoding: Any) -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles use it: str -> bytes in latin-1, nothing else."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise PairsFormatError(f"_codecs.encode of {type(text).__name__} to {encoding!r:.20}; "
+                               "only str to latin1 is read")
+    return text.encode("latin-1")
+
+
+_NDARRAY = Sealed()  # ``numpy.ndarray`` as a pickle sees it: _reconstruct's marker, not callable
 
 # (module, name) -> the object the unpickler may hand out. numpy is listed under both its 1.x
-# (``numpy.core``) and 2.x (``numpy._core``) module names so files written by either load.
+# (``numpy.core``) and 2.x (``numpy._core``) module names so files written by either load; the
+# functions are this module's own, built on numpy's public API.
 _ALLOWED_GLOBALS = {
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
     ("__builtin__", "set"): set,
     ("collections", "OrderedDict"): dict,
-    ("_codecs", "encode"): __import__("codecs").encode,  # protocol-2 pickles wrap bytes this way
-    ("numpy", "dtype"): np.dtype,
-    ("numpy", "ndarray"): np.ndarray,
+    ("_codecs", "encode"): _latin1,  # protocol-2 pickles wrap bytes this way
+    ("numpy", "dtype"): _PickledDtype,
+    ("numpy", "ndarray"): _NDARRAY,
 }
 for _module in ("numpy.core", "numpy._core"):
-    _ALLOWED_GLOBALS[(f"{_module}.multiarray", "scalar")] = np._core.multiarray.scalar
-    _ALLOWED_GLOBALS[(f"{_module}.multiarray", "_reconstruct")] = np._core.multiarray._reconstruct
-    _ALLOWED_GLOBALS[(f"{_module}.numeric", "_frombuffer")] = np._core.numeric._frombuffer
+    _ALLOWED_GLOBALS[(f"{_module}.multiarray", "scalar")] = _scalar
+    _ALLOWED_GLOBALS[(f"{_module}.multiarray", "_reconstruct")] = _reconstruct
+    _ALLOWED_GLOBALS[(f"{_module}.numeric", "_frombuffer")] = _frombuffer
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -166,10 +275,12 @@ def load_pairs(path: str | os.PathLike) -> TeacherPairs:
     """Reads and validates a pairs pickle (ours or the authors' released files).
 
     Raises:
-        UnsafePairsError: the pickle references anything but containers, numbers, strings and numpy
-            scalars/arrays.
-        PairsFormatError: the content is not ``{'index': [...], 'pairs': {...}}`` as described in
-            the module docstring (positions out of range, non-numeric similarities, ...).
+        PairsFormatError: the file is not a readable pickle of ``{'index': [...], 'pairs': {...}}``
+            as described in the module docstring (positions out of range, non-numeric
+            similarities, numpy values of other than plain number/string dtypes, ...), or
+            (:class:`UnsafePairsError`) the pickle references anything but containers, numbers,
+            strings and numpy scalars/arrays, modifies what it did not create, or exceeds the
+            size, depth or expansion limits of :mod:`dns_tf.safe_pickle`.
     """
     source = os.fspath(path)
     with open(source, "rb") as f:
@@ -177,11 +288,13 @@ def load_pairs(path: str | os.PathLike) -> TeacherPairs:
             raw = RestrictedUnpickler(
                 f, source, _ALLOWED_GLOBALS, UnsafePairsError,
                 "a pairs file holds only dicts, lists, numbers, strings and numpy "
-                "scalars/arrays").load()
-        except UnsafePairsError:
+                "scalars/arrays of plain number or string types",
+                size=os.fstat(f.fileno()).st_size, max_bytes=MAX_PAIRS_BYTES).load()
+        except (UnsafePairsError, MemoryError):
             raise
-        except Exception as error:  # truncated or not a pickle at all
-            raise PairsFormatError(f"{source}: not a readable pairs pickle ({error})") from error
+        except Exception as error:  # truncated, not a pickle at all, or a refused numpy value
+            raise PairsFormatError(f"{source}: not a readable pairs pickle "
+                                   f"({type(error).__name__}: {error})") from error
     if not isinstance(raw, Mapping) or "index" not in raw or "pairs" not in raw:
         found = sorted(map(str, raw)) if isinstance(raw, Mapping) else type(raw).__name__
         raise PairsFormatError(f"{source}: expected a dict with keys 'index' and 'pairs', "

@@ -26,12 +26,16 @@ _ALLOWED_GLOBALS = {(module, name): getattr(builtins, name)
                     for module in ("builtins", "__builtin__") for name in _ALLOWED_CONTAINERS}
 
 
-class UnsafeAnnotationError(pickle.UnpicklingError):
+class AnnotationFormatError(ValueError):
+    """An annotation file does not have the layout its dataset expects."""
+
+
+class UnsafeAnnotationError(AnnotationFormatError, pickle.UnpicklingError):
     """An annotation pickle asked for something other than a builtin container."""
 
 
-class AnnotationFormatError(ValueError):
-    """An annotation file does not have the layout its dataset expects."""
+# The benchmarks' annotation pickles are a few MB.
+MAX_ANNOTATION_BYTES = 1 * 2**30
 
 
 def load_annotation_pickle(path: str | os.PathLike) -> Any:
@@ -48,7 +52,8 @@ def load_annotation_pickle(path: str | os.PathLike) -> Any:
             return RestrictedUnpickler(
                 file, path, _ALLOWED_GLOBALS, UnsafeAnnotationError,
                 f"annotation pickles may only hold builtin containers "
-                f"({', '.join(_ALLOWED_CONTAINERS)}), strings and numbers").load()
+                f"({', '.join(_ALLOWED_CONTAINERS)}), strings and numbers",
+                size=os.fstat(file.fileno()).st_size, max_bytes=MAX_ANNOTATION_BYTES).load()
         except UnsafeAnnotationError:
             raise
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError,

@@ -15,6 +15,12 @@ centre crop of 224), with two deliberate differences:
   Container timestamps are rounded to their time base, so a frame up to half a time-base tick after
   ``t_k`` still counts as being at ``t_k``. A frame that stays on screen over several targets (a
   gap, a slide show) is returned once per target, so ``T`` follows the duration.
+- **The frame count is bounded before frames are made.** It never exceeds the duration the
+  headers declare (plus one second of rounding slack; frames whose timestamps run past it are
+  dropped with a warning), nor :data:`MAX_VIDEO_SECONDS` (24 h) at ``fps``: a video whose
+  timestamps span more, and whose headers do not declare less, is a :class:`VideoDecodeError`
+  unless ``max_frames`` asks for its first frames. A frame is only copied once its repeats are
+  known to fit.
 - **Resizing runs in FFmpeg's swscale** (bicubic, combined with the YUV to RGB conversion) instead
   of OpenCV's ``INTER_CUBIC``: no extra dependency, one pass per frame. swscale widens its filter
   when downscaling (less aliasing), so pixels differ slightly from OpenCV's; output sizes match
@@ -38,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 from fractions import Fraction
 from typing import Iterator
@@ -46,6 +53,10 @@ import av
 import numpy as np
 
 logger = logging.getLogger(__name__)
+
+# Longest video decoded without max_frames (a day): bounds the frames sampled from hostile or broken
+# timestamps (two frames 200,000 s apart would otherwise be 200,000 frames in memory).
+MAX_VIDEO_SECONDS = 24 * 3600
 
 
 class VideoDecodeError(Exception):
@@ -93,17 +104,45 @@ def _sampled_frames(path, fps, resize, crop, max_frames) -> Iterator[np.ndarray]
     target = Fraction(0)
     count = 0
     with _open_video(path) as (container, stream):
+        limit, declared = _frame_bound(container, stream, fps, max_frames)
         # Rounding slack of timestamps stored in whole time-base ticks.
         slack = stream.time_base / 2
         for frame, end in _frames_with_end_times(path, container, stream):
+            # How often this frame is sampled, known before any copy is made.
+            repeats = max(0, math.ceil((end - slack - target) / period))
+            if count + repeats > limit:
+                if max_frames is None and declared is None:
+                    raise VideoDecodeError(
+                        path, f"its timestamps span more than {MAX_VIDEO_SECONDS} s "
+                              f"(frame at {float(target):.0f} s stays on screen until "
+                              f"{float(end):.0f} s); pass max_frames (--max_frames) to take its "
+                              f"first frames")
+                if max_frames is None:
+                    logger.warning("%s: timestamps run past the declared duration (%.1f s); "
+                                   "stopping there", path, declared)
+                repeats = limit - count
             image = None
-            while target + slack < end:
+            for _ in range(repeats):
                 image = _to_rgb(path, frame, resize, crop) if image is None else image.copy()
                 yield image
                 count += 1
-                if max_frames is not None and count >= max_frames:
-                    return
                 target += period
+            if count >= limit:
+                return
+
+
+def _frame_bound(container, stream, fps, max_frames) -> tuple[int, float | None]:
+    """The most frames a video may give, fixed before decoding: ``max_frames`` when given, else
+    its declared duration (plus a second of rounding slack) at ``fps`` when the headers declare
+    one under MAX_VIDEO_SECONDS, else ``MAX_VIDEO_SECONDS`` at ``fps`` (then exceeding it is an
+    error). Returns ``(limit, declared duration (s) or None when the limit is not from it)``."""
+    if max_frames is not None:
+        return max_frames, None
+    declared = (float(stream.duration * stream.time_base) if stream.duration
+                else container.duration / av.time_base if container.duration else None)
+    if declared is not None and 0 < declared < MAX_VIDEO_SECONDS:
+        return math.ceil((declared + 1) * fps), declared
+    return math.ceil(MAX_VIDEO_SECONDS * fps), None
 
 
 def load_video(path: str | os.PathLike, fps: float = 1.0, resize: int | None = 256,

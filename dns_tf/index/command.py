@@ -4,6 +4,7 @@
     dns-tf index add videos.idx --features features.h5 [--ids v1 v2 ...] [--batch_size 16]
     dns-tf index remove videos.idx v1 v2
     dns-tf index stats videos.idx [--json]
+    dns-tf index verify videos.idx [--repair]
     dns-tf index search videos.idx --features features.h5 --query q1 q2 [--mode dns
         --percentage 5 --candidates 1000 --top 20] [--json]
 
@@ -11,7 +12,9 @@
 fine student's kind in the index, so later commands need only the index. ``add`` indexes the
 videos of a feature file (the authors' HDF5 layout or TFRecord shards) in batches, each committed
 on its own: an interrupted run loses at most one batch, and a rerun skips the videos already in the
-index. Exit codes: 0 success, 1 an index, file or video problem (the message names it).
+index. A video that cannot be indexed (bad features, networks failing on it) is reported on one
+line naming it and skipped; the rest of its batch is committed. Exit codes: 0 success, 1 an index,
+file or video problem (the message names it; with skipped videos, after committing the others).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import dataclasses
 import json
 import os
 import sys
+
+import numpy as np
 
 from dns_tf.config import add_arguments, field, from_arguments
 from dns_tf.retrieval import SearchConfig
@@ -67,6 +72,13 @@ def register(subparsers) -> None:
     stats.add_argument("index", help="index directory")
     stats.add_argument("--json", action="store_true", help="print one JSON object")
     stats.set_defaults(func=run_stats)
+
+    verify = commands.add_parser("verify", help="check every stored byte against its checksum")
+    verify.add_argument("index", help="index directory")
+    verify.add_argument("--repair", action="store_true",
+                        help="remove the videos whose data is damaged (then 'index add' them "
+                             "again)")
+    verify.set_defaults(func=run_verify)
 
     search = commands.add_parser("search", help="DnS search with query videos of a feature file")
     search.add_argument("index", help="index directory")
@@ -137,13 +149,12 @@ def run_add(args) -> int:
     from tqdm import tqdm
 
     from dns_tf.data.feature_files import open_features
-    from dns_tf.data.padding import padded_batch_from_arrays
     from dns_tf.index.store import VideoIndex
 
     config = from_arguments(AddConfig, args)
     if config.batch_size < 1:
         return _fail(f"--batch_size must be at least 1, got {config.batch_size}")
-    added = 0
+    added, failed = 0, []
     try:
         with VideoIndex.open(args.index) as index, open_features(args.features) as features:
             wanted = list(dict.fromkeys(args.ids)) if args.ids else features.ids()
@@ -158,14 +169,19 @@ def run_add(args) -> int:
             dims = backend.coarse_student.dims
             with tqdm(total=len(pending), desc="indexing", unit="video") as progress:
                 for start in range(0, len(pending), config.batch_size):
-                    ids = pending[start:start + config.batch_size]
-                    videos = [_checked(features[video_id], video_id, dims, args.features)
-                              for video_id in ids]
-                    padded, mask = padded_batch_from_arrays(videos)
-                    indexed = backend.index(padded, mask)
-                    index.add_many(ids, indexed.coarse, indexed.fine, indexed.selector)
+                    batch, ids, videos = pending[start:start + config.batch_size], [], []
+                    for video_id in batch:
+                        try:
+                            videos.append(_checked(features[video_id], video_id, dims,
+                                                   args.features))
+                            ids.append(video_id)
+                        except _errors() as error:
+                            failed.append((video_id, _message(error)))
+                    ids, indexed = index_videos(backend, ids, videos, failed)
+                    if ids:
+                        index.add_many(ids, indexed.coarse, indexed.fine, indexed.selector)
                     added += len(ids)
-                    progress.update(len(ids))
+                    progress.update(len(batch))
             total = len(index)
     except _errors() as error:
         if added:
@@ -173,14 +189,60 @@ def run_add(args) -> int:
                   f"after them", file=sys.stderr)
         return _fail(_message(error))
     print(f"added {added} videos ({skipped} already indexed); {total} videos in {args.index}")
+    for video_id, reason in failed:
+        print(f"dns-tf index: skipped video {video_id!r}: {reason}", file=sys.stderr)
+    if failed:
+        return _fail(f"{len(failed)} videos of {args.features} could not be indexed (listed "
+                     f"above); the other {added} are committed")
     return 0
 
 
+def index_videos(backend, ids: list[str], videos: list, failed: list):
+    """Indexes ``videos`` (``[T, R, D]`` each) as one padded batch; if the batch fails, each
+    video alone, so that one bad video costs only itself. Returns ``(ids, IndexedVideos)`` of the
+    videos indexed, with finite outputs; the others go to ``failed`` as ``(id, reason)``."""
+    from dns_tf.data.padding import padded_batch_from_arrays
+    from dns_tf.retrieval import IndexedVideos
+
+    if not ids:
+        return [], None
+    try:
+        batches = [backend.index(*padded_batch_from_arrays(videos))]
+        batch_ids = [ids]
+    except Exception:  # noqa: BLE001 - retried video by video below, which names the culprit
+        batches, batch_ids = [], []
+        for video_id, video in zip(ids, videos):
+            try:
+                batches.append(backend.index(video[None], np.ones((1, len(video)), np.float32)))
+                batch_ids.append([video_id])
+            except Exception as error:  # noqa: BLE001 - a bad video must not stop the others
+                failed.append((video_id, f"the networks failed on it: "
+                                         f"{type(error).__name__}: {str(error).splitlines()[0]}"))
+    kept, coarse, fine, selector = [], [], [], []
+    for batch, video_ids in zip(batches, batch_ids):
+        for row, video_id in enumerate(video_ids):
+            outputs = (batch.coarse[row], batch.fine[row], batch.selector[row])
+            if not all(np.isfinite(np.asarray(x, np.float32)).all() for x in outputs):
+                failed.append((video_id, "the networks gave non-finite outputs for it (are its "
+                                         "features finite?)"))
+                continue
+            kept.append(video_id)
+            coarse.append(outputs[0])
+            fine.append(outputs[1])
+            selector.append(outputs[2])
+    if not kept:
+        return [], None
+    return kept, IndexedVideos(coarse=np.stack(coarse), fine=fine, selector=np.array(selector))
+
+
 def _checked(video, video_id: str, dims: int, path: str):
-    """A video's features ``[T, R, D]`` after checking their shape against the networks."""
+    """A video's features ``[T, R, D]`` after checking their shape against the networks and that
+    they are finite."""
     if video.ndim != 3 or video.shape[0] < 1 or video.shape[2] != dims:
         raise ValueError(f"{path}: video {video_id!r} has features of shape {video.shape}; the "
                          f"networks expect [T >= 1, regions, {dims}]")
+    if not np.isfinite(video).all():
+        raise ValueError(f"{path}: video {video_id!r} has non-finite features (NaN or inf)")
     return video
 
 
@@ -222,6 +284,22 @@ def run_stats(args) -> int:
         elif isinstance(value, dict):
             value = ", ".join(f"{key}={item}" for key, item in value.items())
         print(f"{name}: {value}")
+    return 0
+
+
+def run_verify(args) -> int:
+    from dns_tf.index.store import VideoIndex
+
+    try:
+        if args.repair:
+            removed = VideoIndex.repair(args.index)
+            print(f"removed {len(removed)} damaged videos: {', '.join(removed) or '-'}; add them "
+                  f"again with 'dns-tf index add'")
+        with VideoIndex.open(args.index, readonly=True) as index:
+            summary = index.verify()
+    except _errors() as error:
+        return _fail(_message(error).replace("\n", " "))
+    print(f"{args.index}: {summary['videos']} videos verified, no problems")
     return 0
 
 

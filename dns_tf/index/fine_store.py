@@ -17,6 +17,7 @@ Fine representations come in two kinds:
 from __future__ import annotations
 
 import os
+import stat
 import zlib
 
 import numpy as np
@@ -126,6 +127,9 @@ class AppendOnlyFile:
     The committed length is owned by the caller (it lives in SQLite next to the rows that point
     into the file); ``truncate`` drops bytes past it, which only a crash can leave behind.
 
+    The file is opened without following symlinks (``O_NOFOLLOW``): an index's files are its own,
+    and a symlink planted in their place must not let a writer truncate the file it points to.
+
     Args:
         path: the file; created if missing when ``writable``.
         writable: open for appending (exactly one writer may hold an index at a time).
@@ -134,8 +138,10 @@ class AppendOnlyFile:
     def __init__(self, path: str, writable: bool):
         self.path = path
         self.writable = writable
-        flags = os.O_RDWR | os.O_CREAT if writable else os.O_RDONLY
-        self._fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o644)
+        self._fd = open_no_follow(path, os.O_RDWR | os.O_CREAT if writable else os.O_RDONLY)
+
+    def fileno(self) -> int:
+        return self._fd
 
     def size(self) -> int:
         return os.fstat(self._fd).st_size
@@ -173,6 +179,21 @@ class AppendOnlyFile:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def open_no_follow(path: str, flags: int) -> int:
+    """``os.open`` of a regular file that refuses symlinks and anything else (clear ``OSError``)."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        if os.path.islink(path):
+            raise OSError(error.errno, f"{path} is a symlink; an index's files must be regular "
+                                       f"files (symlinks are not followed)") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{path} is not a regular file")
+    return fd
 
 
 def checksum(data: bytes) -> int:

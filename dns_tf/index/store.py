@@ -15,6 +15,11 @@ Guarantees:
   commits (``synchronous=FULL``). A crash (even ``kill -9`` mid-``add``) leaves at most unreferenced
   bytes past the committed ends recorded in SQLite, which the next writer truncates; every row
   points at complete data, checked by CRC-32 on every read and by :meth:`VideoIndex.verify`.
+* Integrity: every coarse vector is verified against its CRC-32 wherever it is read or a searcher
+  is built or loaded (:class:`~dns_tf.index.coarse_store.CoarseVectorStore`); files are opened
+  without following symlinks; a writer checks the index on open and refuses to write to a damaged
+  one (:meth:`VideoIndex.verify` lists problems, :meth:`VideoIndex.repair` drops damaged videos); a
+  damaged SQLite page is an :class:`IndexCorruptError`.
 * One writer, many readers: the writer holds ``writer.lock``; readers (other processes or other
   ``VideoIndex`` objects, ``readonly=True``) see exactly the committed videos, consistently within
   each call, and new videos are searchable at once.
@@ -52,8 +57,11 @@ from typing import Any
 import numpy as np
 
 from dns_tf.index.coarse import (BruteForceSearcher, CoarseConfig, CoarseSearcher, MergedSearcher,
-                                 RowsView, ScannSearcher, as_queries, build_searcher)
-from dns_tf.index.fine_store import AppendOnlyFile, FineCodec, checksum, unpack_bits
+                                 ScannSearcher, as_queries, build_searcher)
+from dns_tf.index.coarse_store import CoarseVectorStore
+from dns_tf.index.errors import (DuplicateVideoError, IndexCorruptError, IndexLockedError,
+                                 NotAnIndexError, VideoIndexError)
+from dns_tf.index.fine_store import AppendOnlyFile, FineCodec, checksum, open_no_follow, unpack_bits
 
 INDEX_FORMAT = "dns-tf-video-index"
 FORMAT_VERSION = 1
@@ -63,6 +71,9 @@ COARSE_FILE = "coarse.f32"
 LOCK_FILE = "writer.lock"
 SEARCHER_DIR = "searcher"
 _SQL_CHUNK = 900  # parameters per IN (...) query
+# A video's row as _read_record takes it.
+_RECORD_COLUMNS = ("video_id, num_frames, selector_score, coarse_row, coarse_crc32, fine_offset, "
+                   "fine_nbytes, fine_crc32, metadata")
 
 _SCHEMA = """
 CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -80,26 +91,6 @@ CREATE TABLE videos (
 );
 CREATE TABLE tombstones (seq INTEGER PRIMARY KEY AUTOINCREMENT, key INTEGER NOT NULL);
 """
-
-
-class VideoIndexError(Exception):
-    """Base class of the index's own errors."""
-
-
-class NotAnIndexError(VideoIndexError):
-    """The directory is not a dns-tf video index."""
-
-
-class IndexLockedError(VideoIndexError):
-    """Another process holds the index open for writing."""
-
-
-class IndexCorruptError(VideoIndexError):
-    """Stored data fails its integrity checks."""
-
-
-class DuplicateVideoError(VideoIndexError, ValueError):
-    """A video id is already in the index (pass ``replace=True`` to overwrite it)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,17 +191,19 @@ class VideoIndex:
     """
 
     # ----------------------------------------------------------------------------------- lifecycle
-    def __init__(self, path: str, readonly: bool, config: CoarseConfig | None, auto_rebuild: bool):
-        """Use :meth:`create` or :meth:`open`."""
+    def __init__(self, path: str, readonly: bool, config: CoarseConfig | None, auto_rebuild: bool,
+                 repairing: bool = False):
+        """Use :meth:`create`, :meth:`open` or :meth:`repair`."""
         self.path = os.path.abspath(path)
         self.readonly = readonly
+        self._repairing = repairing
         self.config = config or CoarseConfig()
         self.auto_rebuild = auto_rebuild
         self._lock = threading.RLock()
         self._lock_fd = -1
         self._db: sqlite3.Connection | None = None
         self._fine: AppendOnlyFile | None = None
-        self._coarse: AppendOnlyFile | None = None
+        self._coarse: CoarseVectorStore | None = None
         try:
             self._open()
         except BaseException:
@@ -287,6 +280,11 @@ class VideoIndex:
             raise FileNotFoundError(f"no video index at {self.path}: not a directory")
         if not os.path.isfile(db_path):
             raise NotAnIndexError(f"{self.path} is not a dns-tf video index (no {DB_FILE})")
+        for name in (DB_FILE, f"{DB_FILE}-wal", f"{DB_FILE}-shm", LOCK_FILE):
+            if os.path.islink(os.path.join(self.path, name)):
+                # SQLite follows symlinks; the blob files are opened with O_NOFOLLOW.
+                raise VideoIndexError(f"{os.path.join(self.path, name)} is a symlink; an index's "
+                                      f"files must be regular files (symlinks are not followed)")
         if not self.readonly:
             self._take_writer_lock()
         uri = f"file:{db_path}?mode={'ro' if self.readonly else 'rw'}"
@@ -295,7 +293,8 @@ class VideoIndex:
         if not self.readonly:
             self._db.execute("PRAGMA synchronous=FULL")
         try:
-            settings = self._meta()
+            settings = dict(self._db.execute("SELECT name, value FROM meta").fetchall())
+            settings = {name: json.loads(value) for name, value in settings.items()}
         except sqlite3.DatabaseError as error:
             raise NotAnIndexError(f"{self.path} is not a dns-tf video index ({db_path}: {error})") \
                 from None
@@ -310,20 +309,52 @@ class VideoIndex:
         self.metadata = json.loads(settings["metadata"])
         self._coarse_row_bytes = 4 * self.coarse_dims
         self._fine = AppendOnlyFile(os.path.join(self.path, FINE_FILE), writable=not self.readonly)
-        self._coarse = AppendOnlyFile(os.path.join(self.path, COARSE_FILE),
-                                      writable=not self.readonly)
-        self._coarse_map = np.zeros((0, self.coarse_dims), np.float32)
+        self._coarse = CoarseVectorStore(os.path.join(self.path, COARSE_FILE), self.coarse_dims,
+                                         writable=not self.readonly)
         self._reset_search_state()
-        if not self.readonly:
-            self._recover()
+        if not self.readonly and not self._repairing:
+            with self._sqlite_errors():
+                self._recover()
+            self._check_before_writing()
             if self._generation_files_missing(self._meta()):
                 self.rebuild()
             else:
                 self._maybe_rebuild()
 
+    @classmethod
+    def repair(cls, path: str) -> list[str]:
+        """Removes the videos whose stored data fails its CRC-32 checks (they can be added again)
+        and rebuilds the searcher; returns their ids. A damaged SQLite file cannot be repaired
+        this way (:class:`IndexCorruptError`): build a new index."""
+        index = cls(path, readonly=False, config=None, auto_rebuild=False, repairing=True)
+        try:
+            with index._lock:
+                with index._sqlite_errors():
+                    index._recover()
+                    check = index._db.execute("PRAGMA quick_check").fetchall()
+                if check != [("ok",)]:
+                    raise IndexCorruptError(f"{os.path.join(index.path, DB_FILE)} is damaged "
+                                            f"({check[0][0]}); build a new index")
+                damaged = []
+                with index._transaction() as db:
+                    for row in db.execute(f"SELECT {_RECORD_COLUMNS} FROM videos").fetchall():
+                        try:
+                            index._read_record(*row)
+                        except (IndexCorruptError, OSError, ValueError):
+                            damaged.append(row[0])
+                with index._transaction(write=True) as db:
+                    for video_id in damaged:
+                        key = index._key_of(db, video_id)
+                        db.execute("DELETE FROM videos WHERE key = ?", (key,))
+                        db.execute("INSERT INTO tombstones (key) VALUES (?)", (key,))
+                index.rebuild()
+            return damaged
+        finally:
+            index.close()
+
     def _take_writer_lock(self) -> None:
         lock_path = os.path.join(self.path, LOCK_FILE)
-        self._lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._lock_fd = open_no_follow(lock_path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -340,7 +371,7 @@ class VideoIndex:
         self._fine_end = int(settings["fine_end"])
         self._coarse_rows = int(settings["coarse_rows"])
         self._fine.truncate(self._fine_end)
-        self._coarse.truncate(self._coarse_rows * self._coarse_row_bytes)
+        self._coarse.truncate(self._coarse_rows)
         current = self._generation_dir(settings["searcher_generation"])
         searcher_root = os.path.join(self.path, SEARCHER_DIR)
         os.makedirs(searcher_root, exist_ok=True)
@@ -395,16 +426,32 @@ class VideoIndex:
     def _transaction(self, write: bool = False) -> Iterator[sqlite3.Connection]:
         """One SQLite transaction: a consistent snapshot for reads, atomic commit for writes."""
         db = self._check_open()
-        db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        with self._sqlite_errors():
+            db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield db
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _sqlite_errors(self) -> Iterator[None]:
+        """A damaged database file becomes one clear :class:`IndexCorruptError`."""
         try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+            yield
+        except sqlite3.DatabaseError as error:
+            if getattr(error, "sqlite_errorcode", None) not in (sqlite3.SQLITE_CORRUPT,
+                                                                sqlite3.SQLITE_NOTADB):
+                raise
+            raise IndexCorruptError(
+                f"{os.path.join(self.path, DB_FILE)} is damaged ({error}); 'dns-tf index verify "
+                f"{self.path}' reports it; rebuild the index from the feature files") from None
 
     def _meta(self) -> dict[str, Any]:
-        rows = self._check_open().execute("SELECT name, value FROM meta").fetchall()
+        with self._sqlite_errors():
+            rows = self._check_open().execute("SELECT name, value FROM meta").fetchall()
         return {name: json.loads(value) for name, value in rows}
 
     def _key_of(self, db: sqlite3.Connection, video_id: str) -> int:
@@ -439,8 +486,8 @@ class VideoIndex:
             if self.readonly:
                 raise VideoIndexError(f"the video index at {self.path} is open read-only")
             self._check_open()
-            rows, fine_blobs, coarse_blobs = self._encode(video_ids, coarse, fine, selector_scores,
-                                                          metadata)
+            rows, fine_blobs, coarse = self._encode(video_ids, coarse, fine, selector_scores,
+                                                    metadata)
             ids = [row[0] for row in rows]
             existing = []
             for chunk in _chunks(ids):
@@ -453,11 +500,11 @@ class VideoIndex:
                     f"({len(existing)} of the {len(ids)} ids are); pass replace=True to overwrite")
             # Data first, fsynced; only then the rows pointing at it (crash safety).
             fine_offsets = self._fine.append(fine_blobs, at=self._fine_end)
-            self._coarse.append(coarse_blobs, at=self._coarse_rows * self._coarse_row_bytes)
+            coarse_crcs = self._coarse.append(coarse, first_row=self._coarse_rows)
             fine_end = fine_offsets[-1] + len(fine_blobs[-1])
             coarse_rows = self._coarse_rows + len(rows)
             records = [
-                (video_id, frames, score, self._coarse_rows + i, checksum(coarse_blobs[i]),
+                (video_id, frames, score, self._coarse_rows + i, coarse_crcs[i],
                  fine_offsets[i], len(fine_blobs[i]), checksum(fine_blobs[i]), meta_json)
                 for i, (video_id, frames, score, meta_json) in enumerate(rows)]
             with self._transaction(write=True) as db:
@@ -476,7 +523,8 @@ class VideoIndex:
             self._maybe_rebuild()
 
     def _encode(self, video_ids, coarse, fine, selector_scores, metadata):
-        """Validates a batch and encodes it: rows ``(id, T, score, metadata JSON)`` and blobs."""
+        """Validates a batch and encodes it: rows ``(id, T, score, metadata JSON)``, fine blobs and
+        coarse vectors ``[N, Dc]`` float32."""
         count = len(video_ids)
         coarse = np.asarray(coarse)
         if coarse.shape != (count, self.coarse_dims):
@@ -496,7 +544,7 @@ class VideoIndex:
         if len(set(video_ids)) != count:
             raise DuplicateVideoError("add_many got the same video id more than once")
         coarse = coarse.astype(np.float32)
-        rows, fine_blobs, coarse_blobs = [], [], []
+        rows, fine_blobs = [], []
         for i, video_id in enumerate(video_ids):
             if not isinstance(video_id, str) or not video_id:
                 raise TypeError(f"video ids must be non-empty strings, got {video_id!r}")
@@ -519,8 +567,7 @@ class VideoIndex:
                                 f"{error}") from None
             rows.append((video_id, frames, float(score.reshape(-1)[0]), meta_json))
             fine_blobs.append(blob)
-            coarse_blobs.append(np.ascontiguousarray(coarse[i]).tobytes())
-        return rows, fine_blobs, coarse_blobs
+        return rows, fine_blobs, coarse
 
     def remove(self, video_id: str) -> None:
         """Removes a video (``KeyError`` if unknown); it is never returned by search again. Its
@@ -537,17 +584,17 @@ class VideoIndex:
 
     # -------------------------------------------------------------------------------------- reads
     def __len__(self) -> int:
-        with self._lock:
+        with self._lock, self._sqlite_errors():
             return self._check_open().execute("SELECT count(*) FROM videos").fetchone()[0]
 
     def __contains__(self, video_id: object) -> bool:
-        with self._lock:
+        with self._lock, self._sqlite_errors():
             return self._check_open().execute(
                 "SELECT 1 FROM videos WHERE video_id = ?", (video_id,)).fetchone() is not None
 
     def ids(self) -> list[str]:
         """All video ids, in the order they were added."""
-        with self._lock:
+        with self._lock, self._sqlite_errors():
             return [row[0] for row in self._check_open().execute(
                 "SELECT video_id FROM videos ORDER BY key")]
 
@@ -560,12 +607,10 @@ class VideoIndex:
 
     def get_many(self, video_ids: Sequence[str]) -> list[VideoRecord]:
         """Stored videos in the order of ``video_ids``, read from one consistent snapshot."""
-        columns = ("video_id, num_frames, selector_score, coarse_row, coarse_crc32, fine_offset, "
-                   "fine_nbytes, fine_crc32, metadata")
         with self._lock, self._transaction() as db:
             found = {}
             for chunk in _chunks(list(video_ids)):
-                for row in db.execute(f"SELECT {columns} FROM videos WHERE video_id IN "
+                for row in db.execute(f"SELECT {_RECORD_COLUMNS} FROM videos WHERE video_id IN "
                                       f"({','.join('?' * len(chunk))})", chunk):
                     found[row[0]] = row
             records = []
@@ -577,13 +622,13 @@ class VideoIndex:
 
     def _read_record(self, video_id, num_frames, selector_score, coarse_row, coarse_crc,
                      fine_offset, fine_nbytes, fine_crc, metadata) -> VideoRecord:
-        coarse = self._coarse.read(coarse_row * self._coarse_row_bytes, self._coarse_row_bytes)
+        coarse = self._coarse.read(coarse_row, coarse_crc, video_id)
         fine = self._fine.read(fine_offset, fine_nbytes)
-        if checksum(coarse) != coarse_crc or checksum(fine) != fine_crc:
+        if checksum(fine) != fine_crc:
             raise IndexCorruptError(f"video {video_id!r} in {self.path}: stored data fails its "
                                     f"CRC-32 check")
         return VideoRecord(
-            video_id=video_id, coarse=np.frombuffer(coarse, np.float32),
+            video_id=video_id, coarse=coarse,
             fine=self.codec.decode(fine, num_frames), selector_score=selector_score,
             metadata=None if metadata is None else json.loads(metadata),
             fine_kind=self.codec.kind)
@@ -658,15 +703,6 @@ class VideoIndex:
         self._base_rows = np.empty(0, np.int64)  # coarse rows of a freshly built base
         self._needs_persist = False
 
-    def _coarse_vectors(self, rows: np.ndarray) -> RowsView:
-        """Rows of ``coarse.f32`` as a lazily read ``[N, Dc]`` view (memory-mapped)."""
-        needed = int(rows.max()) + 1 if len(rows) else 0
-        if needed > len(self._coarse_map):
-            committed = self._coarse.size() // self._coarse_row_bytes
-            self._coarse_map = np.memmap(os.path.join(self.path, COARSE_FILE), np.float32, "r",
-                                         shape=(committed, self.coarse_dims))
-        return RowsView(self._coarse_map, rows)
-
     def _synced_searcher(self, db: sqlite3.Connection) -> MergedSearcher:
         """Brings the in-memory search state up to the snapshot of ``db`` and returns it.
 
@@ -681,15 +717,16 @@ class VideoIndex:
         if generation != self._generation or self._base is None:
             self._load_generation(db, generation, json.loads(settings["searcher_kind"]),
                                   int(settings["searcher_max_key"]))
-        new_rows = db.execute("SELECT key, coarse_row FROM videos WHERE key > ? ORDER BY key",
-                              (self._last_key,)).fetchall()
+        new_rows = db.execute("SELECT key, coarse_row, coarse_crc32, video_id FROM videos "
+                              "WHERE key > ? ORDER BY key", (self._last_key,)).fetchall()
         tombstones = db.execute("SELECT seq, key FROM tombstones WHERE seq > ? ORDER BY seq",
                                 (self._last_tombstone,)).fetchall()
         if new_rows or tombstones:
             self._merged = None
         if new_rows:
-            keys, rows = np.array(new_rows, np.int64).T
-            self._delta.add(keys, self._coarse_vectors(rows)[0:len(rows)])
+            keys, rows, crcs, ids = zip(*new_rows)
+            self._delta.add(np.array(keys, np.int64),
+                            self._coarse.verified(np.array(rows, np.int64), crcs, ids))
             self._last_key = int(keys[-1])
         for seq, key in tombstones:
             self._last_tombstone = seq
@@ -716,12 +753,14 @@ class VideoIndex:
             directory = self._generation_dir(generation)
             try:
                 rows = np.load(os.path.join(directory, "rows.npy"))
-                base = ScannSearcher.load(directory, self._coarse_vectors(rows), self.config)
+                base = ScannSearcher.load(directory, self._coarse.view(rows), self.config)
             except (OSError, ValueError, RuntimeError):
                 base = None  # unreadable or already replaced: rebuild from the vectors below
             if base is not None:
-                live = np.array([key for key, in db.execute(
-                    "SELECT key FROM videos WHERE key <= ?", (max_key,))], np.int64)
+                live_rows = db.execute("SELECT key, coarse_row, coarse_crc32, video_id FROM videos "
+                                       "WHERE key <= ?", (max_key,)).fetchall()
+                self._check_coarse_rows(live_rows)
+                live = np.array([key for key, *_ in live_rows], np.int64)
                 self._base, self._base_max_key, self._last_key = base, max_key, max_key
                 self._removed = np.setdiff1d(base.keys, live).tolist()
                 self._generation = generation
@@ -731,18 +770,52 @@ class VideoIndex:
 
     def _rebuild(self, db: sqlite3.Connection) -> None:
         """Builds the base searcher over all videos of ``db``'s snapshot; empties the delta."""
-        keys, rows = np.array(db.execute("SELECT key, coarse_row FROM videos ORDER BY key")
-                              .fetchall(), np.int64).reshape(-1, 2).T
+        videos = db.execute("SELECT key, coarse_row, coarse_crc32, video_id FROM videos "
+                            "ORDER BY key").fetchall()
+        self._check_coarse_rows(videos)
+        keys = np.array([key for key, *_ in videos], np.int64)
+        rows = np.array([row for _, row, *_ in videos], np.int64)
         last_tombstone = db.execute("SELECT coalesce(max(seq), 0) FROM tombstones").fetchone()[0]
         generation = self._generation
         self._reset_search_state()
         self._generation = generation
-        self._base = build_searcher(self._coarse_vectors(rows), keys, self.config)
+        self._base = build_searcher(self._coarse.view(rows), keys, self.config)
         self._base_rows, self._needs_persist = rows, True
         self._base_max_key = self._last_key = int(keys[-1]) if len(keys) else int(
             db.execute("SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'videos'")
             .fetchone()[0])
         self._last_tombstone = last_tombstone
+
+    def _check_coarse_rows(self, videos: Sequence[tuple]) -> None:
+        """Verifies the coarse vectors of ``(key, coarse_row, coarse_crc32, video_id)`` rows
+        before a searcher is built or loaded over them."""
+        if videos:
+            _, rows, crcs, ids = zip(*videos)
+            self._coarse.check(np.array(rows, np.int64), crcs, ids)
+
+    def _check_before_writing(self) -> None:
+        """A writer's start-up check (SQLite structure, files as long as their committed ends,
+        every coarse vector's CRC-32): new videos are never added to a damaged index."""
+        try:
+            problems = [row[0] for row in self._db.execute("PRAGMA quick_check").fetchall()
+                        if row[0] != "ok"]
+            if self._fine.size() < self._fine_end:
+                problems.append(f"{FINE_FILE} has {self._fine.size()} bytes, {self._fine_end} "
+                                f"are committed")
+            if self._coarse.size() < self._coarse_rows * self._coarse_row_bytes:
+                problems.append(f"{COARSE_FILE} has {self._coarse.size()} bytes, "
+                                f"{self._coarse_rows} rows are committed")
+            if not problems:
+                self._check_coarse_rows(self._db.execute(
+                    "SELECT key, coarse_row, coarse_crc32, video_id FROM videos").fetchall())
+        except (IndexCorruptError, sqlite3.DatabaseError) as error:
+            problems = [str(error)]
+        if problems:
+            raise IndexCorruptError(
+                f"{self.path} fails its integrity check, so it is not written to: "
+                f"{'; '.join(problems[:3])}. 'dns-tf index verify {self.path}' lists every "
+                f"problem; 'dns-tf index verify --repair' removes the damaged videos (add them "
+                f"again with 'dns-tf index add'); a damaged {DB_FILE} needs a new index")
 
     def _maybe_rebuild(self) -> None:
         """Writer side of the rebuild policy, checked after every change."""

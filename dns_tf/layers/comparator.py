@@ -13,6 +13,11 @@ class VideoComparator(keras.layers.Layer):
     alongside, and convolution outputs on padded frames are zeroed before each ReLU, so padding
     never leaks into real frames' scores. The output is not clipped: callers apply hardtanh.
 
+    Videos shorter than ``MIN_FRAMES`` (where two poolings by 2 leave nothing) are compared as if
+    padded with zero-similarity frames, counted as real, up to ``MIN_FRAMES``: the matrix is padded
+    with zeros and the mask of every video with 1 to 3 real frames is extended to its first
+    ``MIN_FRAMES`` frames. Videos of ``MIN_FRAMES`` frames or more are untouched (same numbers).
+
     Args:
         padding: ``"zero"`` (the DnS students and selector) or ``"replicate"`` (the original
             ViSiL teacher, which repeats the border rows and columns).
@@ -31,6 +36,8 @@ class VideoComparator(keras.layers.Layer):
     """
 
     FILTERS = (32, 64, 128)
+    # Two 2x2 poolings: the smallest matrix side with an output.
+    MIN_FRAMES = 4
     PADDING_MODES = ("zero", "replicate")
 
     def __init__(self, padding="zero", **kwargs):
@@ -61,7 +68,51 @@ class VideoComparator(keras.layers.Layer):
         x = ops.concatenate([x[:, :1], x, x[:, -1:]], axis=1)
         return ops.concatenate([x[:, :, :1], x, x[:, :, -1:]], axis=2)
 
+    def _at_least_min_frames(self, similarity, pair_mask):
+        """Pads ``similarity [B, N, M]`` with zero rows/columns up to ``MIN_FRAMES`` and, for
+        videos with 1 to ``MIN_FRAMES - 1`` real frames (also inside a padded batch), marks their
+        first ``MIN_FRAMES`` frames real with zero similarity. Frame masks are read back from the
+        pair mask: a frame is real if it pairs with any real frame."""
+        sides = []
+        for axis in (1, 2):
+            size = similarity.shape[axis]
+            if size is None:
+                size = ops.shape(similarity)[axis]
+                sides.append(ops.maximum(self.MIN_FRAMES - size, 0))
+            else:
+                sides.append(max(self.MIN_FRAMES - size, 0))
+        padding = ((0, 0), (0, sides[0]), (0, sides[1]))
+        if not all(isinstance(side, int) and side == 0 for side in sides):
+            similarity = ops.pad(similarity, padding)
+            if pair_mask is not None:
+                pair_mask = ops.pad(ops.cast(pair_mask, similarity.dtype), padding)
+        if pair_mask is None:
+            return similarity, None
+        pair_mask = ops.cast(pair_mask, similarity.dtype)
+
+        def added(frames, size):
+            """``[B, size]`` 0/1 frames -> the frames added to short videos (first MIN_FRAMES)."""
+            length = ops.sum(frames, axis=1, keepdims=True)
+            short = ops.logical_and(length > 0, length < self.MIN_FRAMES)
+            first = ops.arange(size)[None, :] < self.MIN_FRAMES
+            return ops.logical_and(ops.logical_and(short, first), frames == 0)
+
+        rows = ops.max(pair_mask, axis=2)     # [B, N] real query frames
+        columns = ops.max(pair_mask, axis=1)  # [B, M] real target frames
+        added_rows = added(rows, ops.shape(pair_mask)[1])
+        added_columns = added(columns, ops.shape(pair_mask)[2])
+        rows = ops.logical_or(rows > 0, added_rows)
+        columns = ops.logical_or(columns > 0, added_columns)
+        # Only pairs involving an added frame change (to zero similarity, real): a batch without
+        # short videos keeps its numbers.
+        new_pairs = ops.logical_or(
+            ops.logical_and(added_rows[:, :, None], columns[:, None, :]),
+            ops.logical_and(rows[:, :, None], added_columns[:, None, :]))
+        return (ops.where(new_pairs, ops.zeros_like(similarity), similarity),
+                ops.where(new_pairs, ops.ones_like(pair_mask), pair_mask))
+
     def call(self, similarity, pair_mask=None):
+        similarity, pair_mask = self._at_least_min_frames(similarity, pair_mask)
         x = similarity[..., None]
         mask = None if pair_mask is None else ops.cast(pair_mask, x.dtype)[..., None]
         for index, conv in enumerate(self.convolutions):
@@ -78,7 +129,7 @@ class VideoComparator(keras.layers.Layer):
 
     def compute_output_shape(self, similarity_shape, pair_mask_shape=None):
         def pooled(n):
-            return None if n is None else n // 4
+            return None if n is None else max(n, self.MIN_FRAMES) // 4
         shape = (similarity_shape[0], pooled(similarity_shape[1]), pooled(similarity_shape[2]))
         return shape, (shape if pair_mask_shape is not None else None)
 

@@ -22,6 +22,7 @@ from dns_tf.localization.temporal_network import LocalizationConfig, localize_ma
 
 __all__ = [
     "localization_metrics", "segment_f1", "segment_micro_ap", "temporal_iou", "frame_to_frame",
-    "localize", "localize_hits", "plot_localization", "Segment", "SegmentFormatError", "group_segments",
+    "localize", "localize_hits", "plot_localization", "Segment", "SegmentFormatError",
+    "group_segments",
     "read_segments", "segment_entries", "write_segments", "LocalizationConfig", "localize_matrix",
 ]

@@ -15,6 +15,9 @@ The networks sit behind a small backend interface so that the same search runs i
 - ``fingerprints``: ``{"coarse", "fine", "selector": weight fingerprint}``
   (:mod:`dns_tf.models.fingerprint`); an index that records the fingerprints it was built with
   refuses a backend whose networks differ;
+- ``frame_to_frame(query_fine, target_fines) -> [[Tq, Tt_i]]``, the fine student's frame-to-frame
+  matrices, from which ``SearchConfig.segments`` localises copied segments
+  (:mod:`dns_tf.localization`).
 - optionally ``fine_scores_in_index(query_fine, index, video_ids) -> [N]``, for a backend that
   reads the targets itself (a server holding the index's fine representations).
 """
@@ -33,6 +36,7 @@ from dns_tf.config import field
 from dns_tf.index.fine_store import pack_bits
 from dns_tf.index.store import VideoIndex
 from dns_tf.models.fingerprint import fingerprint
+from dns_tf.localization.networks import localize_hits
 
 SEARCH_MODES = ("dns", "coarse", "fine")
 
@@ -47,6 +51,8 @@ class SearchConfig:
     percentage: float = field(5.0, "share of the candidates re-ranked by the fine student, in %")
     budget: int = field(0, "re-rank exactly this many candidates instead of a percentage (0: off)")
     top: int = field(100, "results returned per query")
+    segments: bool = field(False, "localise the copied segments (query and target seconds) of "
+                                  "the re-ranked hits returned")
 
     def __post_init__(self):
         if self.mode not in SEARCH_MODES:
@@ -83,6 +89,9 @@ class Hit:
     score: float
     coarse_score: float
     reranked: bool
+    # Copied segments (dns_tf.localization.Segment) of a re-ranked hit when the search localised
+    # them; None when it did not.
+    segments: tuple | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +116,9 @@ class Ranking:
         return {"num_candidates": self.num_candidates, "num_reranked": self.num_reranked,
                 "seconds": {stage: round(value, 6) for stage, value in self.seconds.items()},
                 "hits": [{"rank": rank, "video_id": hit.video_id, "score": hit.score,
-                          "coarse_score": hit.coarse_score, "reranked": hit.reranked}
+                          "coarse_score": hit.coarse_score, "reranked": hit.reranked,
+                          **({} if hit.segments is None else
+                             {"segments": [segment.as_dict() for segment in hit.segments]})}
                          for rank, hit in enumerate(self.hits, start=1)]}
 
     def format_table(self, name: str) -> str:
@@ -117,8 +128,12 @@ class Ranking:
         lines = [f"query {name}: {self.num_candidates} candidates, {self.num_reranked} "
                  f"re-ranked, {milliseconds:.1f} ms",
                  f"{'rank':>5}  {'video':<{width}}  {'score':>8}  {'coarse':>8}  fine"]
-        lines += [f"{rank:>5}  {hit.video_id:<{width}}  {hit.score:8.4f}  {hit.coarse_score:8.4f}"
-                  f"  {'*' if hit.reranked else ''}" for rank, hit in enumerate(self.hits, start=1)]
+        for rank, hit in enumerate(self.hits, start=1):
+            lines.append(f"{rank:>5}  {hit.video_id:<{width}}  {hit.score:8.4f}  "
+                         f"{hit.coarse_score:8.4f}  {'*' if hit.reranked else ''}")
+            lines += [f"{'':>5}  query {s.query_start:.1f}-{s.query_end:.1f} s = target "
+                      f"{s.target_start:.1f}-{s.target_end:.1f} s  ({s.score:.3f})"
+                      for s in hit.segments or ()]
         return "\n".join(lines) + "\n"
 
 
@@ -132,6 +147,9 @@ class Backend(Protocol):
                         target_fines: Sequence[np.ndarray]) -> np.ndarray: ...
 
     def selector_scores(self, mlp_input: np.ndarray) -> np.ndarray: ...
+
+    def frame_to_frame(self, query_fine: np.ndarray,
+                       target_fines: Sequence[np.ndarray]) -> list[np.ndarray]: ...
 
 
 def index_metadata(backend) -> dict:
@@ -231,6 +249,9 @@ class LocalBackend:
     def selector_scores(self, mlp_input):
         return np.asarray(self.selector.score(np.asarray(mlp_input, np.float32)))[:, 0]
 
+    def frame_to_frame(self, query_fine, target_fines):
+        return self.fast_similarity.frame_to_frame(query_fine, target_fines) if target_fines else []
+
 
 class DnSRetriever:
     """Answers queries against a :class:`VideoIndex` with a backend's networks.
@@ -302,6 +323,10 @@ class DnSRetriever:
         reranked[chosen] = True
         order = np.argsort(-final, kind="stable")[:config.top]
         hits = [Hit(ids[i], float(final[i]), float(coarse[i]), bool(reranked[i])) for i in order]
+        if config.segments:
+            clock = time.perf_counter()
+            hits = localize_hits(hits, query.fine[row], self.index, self.backend)
+            seconds["segments"] = time.perf_counter() - clock
         return Ranking(hits, len(ids), int(count), seconds)
 
     def routing_scores(self, query_score: float, target_scores: np.ndarray,

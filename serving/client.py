@@ -414,6 +414,29 @@ class RemoteBackend(_RemoteModel):
                 list(pool.map(score, chunks))  # list(): re-raises the first failure
         return scores
 
+    def frame_to_frame(self, query_fine: np.ndarray,
+                       target_fines: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The fine student's frame-to-frame matrices ``[Tq, Tt_i]`` of one stored query
+        representation with stored targets (the served ``frame_to_frame`` signature), from which
+        :mod:`dns_tf.localization` finds copied segments."""
+        query = self._stored(query_fine, "query")[None]
+        target_fines = [self._stored(target, f"target {i}") for i, target in enumerate(target_fines)]
+        matrices = [None] * len(target_fines)
+        for request in _requests([len(target) for target in target_fines],
+                                 self.targets_per_request, int(np.prod(query.shape[2:])),
+                                 self.max_input_elements):
+            start, chosen = request.start, target_fines[request]
+            lengths = np.array([len(target) for target in chosen], np.int32)
+            targets = np.zeros((1, len(chosen), lengths.max(), *query.shape[2:]), self.fine_dtype)
+            for row, target in enumerate(chosen):
+                targets[0, row, :len(target)] = target
+            outputs = self.predict("frame_to_frame", query=query,
+                                   query_length=np.array([len(query[0])], np.int32),
+                                   targets=targets, target_lengths=lengths[None])
+            for row, length in enumerate(lengths):
+                matrices[start + row] = outputs["similarity"][0, row, :len(query[0]), :length]
+        return matrices
+
     def selector_scores(self, mlp_input: np.ndarray) -> np.ndarray:
         """Selector scores ``[N]`` of ``[N, 3]`` rows (query score, target score, coarse sim)."""
         mlp_input = np.asarray(mlp_input, np.float32)

@@ -26,6 +26,11 @@ Serving's ``--enable_batching`` requires):
     in-process fast path's (:mod:`serving.fine_graph`); for binarization students it holds an
     XLA-compiled popcount kernel (CPU servers: ``--xla_cpu_compilation_enabled=true``).
 
+    ``frame_to_frame``: the inputs of ``fine_similarity`` -> ``similarity`` float32
+    [B, N, T, T'], the fine student's frame-to-frame matrix of query b and each of its targets
+    (zero past the lengths), from which clients localise copied segments
+    (:mod:`dns_tf.localization`).
+
     ``selector_scores``: ``mlp_input`` float32 [B, N, 3] (query score, target score, coarse
     similarity) -> ``score`` float32 [B, N].
 
@@ -188,6 +193,8 @@ class DnSModule(tf.Module):
             tf.TensorSpec([None], tf.int32, name="query_length"),
             tf.TensorSpec([None, None, None, REGIONS, fine_size], fine_dtype, name="targets"),
             tf.TensorSpec([None, None], tf.int32, name="target_lengths")])
+        self.frame_to_frame = tf.function(
+            self._frame_to_frame, input_signature=self.fine_similarity.input_signature)
         self.selector_scores = tf.function(self._selector_scores, input_signature=[
             tf.TensorSpec([None, None, 3], tf.float32, name="mlp_input")])
         self.coarse_similarity = tf.function(self._coarse_similarity, input_signature=[
@@ -201,12 +208,16 @@ class DnSModule(tf.Module):
     def serving_signatures(self) -> dict:
         return {"serving_default": self.index, "index": self.index,
                 "fine_similarity": self.fine_similarity,
+                "frame_to_frame": self.frame_to_frame,
                 "selector_scores": self.selector_scores,
                 "coarse_similarity": self.coarse_similarity,
                 "model_identity": self.model_identity}
 
     def _to_stored(self, fine):
         return pack_codes(fine) if self.bits else tf.cast(fine, tf.float16)
+
+    def _from_stored(self, fine):
+        return unpack_codes(fine) if self.bits else tf.cast(fine, tf.float32)
 
     def _index(self, features, lengths):
         networks = self._networks
@@ -232,6 +243,24 @@ class DnSModule(tf.Module):
                                (query, query_length, targets, target_lengths),
                                fn_output_signature=tf.TensorSpec([None], tf.float32),
                                parallel_iterations=QUERIES_IN_FLIGHT)
+        return {"similarity": similarity}
+
+    def _frame_to_frame(self, query, query_length, targets, target_lengths):
+        query_length = checked_lengths(query_length, query, "query_length")
+        target_lengths = checked_lengths(target_lengths, targets, "target_lengths")
+        fine = self._networks.fine
+
+        def one_query(inputs):
+            # Each cell compares one frame pair, so padding changes no cell: no per-pair loop.
+            query, query_length, targets, target_lengths = inputs
+            query_mask = lengths_to_mask(query_length[None], tf.shape(query)[0])
+            target_mask = lengths_to_mask(target_lengths, tf.shape(targets)[1])
+            similarity, _ = fine.frame_to_frame_similarity(
+                self._from_stored(query)[None], self._from_stored(targets), query_mask, target_mask)
+            return similarity                                          # [N, T, T']
+
+        similarity = tf.map_fn(one_query, (query, query_length, targets, target_lengths),
+                               fn_output_signature=tf.TensorSpec([None, None, None], tf.float32))
         return {"similarity": similarity}
 
     def _selector_scores(self, mlp_input):

@@ -148,6 +148,17 @@ def test_remote_backend_matches_local_backend(target, networks, rng):
     assert remote.fine_similarity(got.fine[0], []).shape == (0,)
 
 
+def test_remote_frame_to_frame_matrices_are_the_local_ones(target, local, rng):
+    remote = RemoteBackend(target, targets_per_request=2)
+    videos, mask = random_videos(rng, [8, 5, 6, 9, 4])
+    fine = local.index(videos, mask).fine
+    got = remote.frame_to_frame(fine[0], fine)
+    expected = local.frame_to_frame(fine[0], fine)
+    assert [matrix.shape for matrix in got] == [(8, len(video)) for video in fine]
+    for remote_matrix, local_matrix in zip(got, expected, strict=True):
+        np.testing.assert_allclose(remote_matrix, local_matrix, atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def video_index(tmp_path_factory, local):
     """40 random videos (4 to 12 frames) indexed one by one, and a query near-copied by four."""
@@ -168,7 +179,7 @@ def video_index(tmp_path_factory, local):
 
 @pytest.mark.parametrize("config", [SearchConfig(percentage=25, top=40),
                                     SearchConfig(mode="fine", top=10),
-                                    SearchConfig(candidates=12, budget=4, top=12)])
+                                    SearchConfig(candidates=12, budget=4, top=12, segments=True)])
 def test_dns_retriever_ranks_the_same_remotely_and_locally(target, local, video_index, config):
     path, query = video_index
     with VideoIndex.open(str(path), readonly=True) as index:
@@ -176,6 +187,12 @@ def test_dns_retriever_ranks_the_same_remotely_and_locally(target, local, video_
         in_process = DnSRetriever(index, local, config).search(query)
     assert remote.ids == in_process.ids
     np.testing.assert_allclose(remote.scores, in_process.scores, atol=1e-5)
+    if config.segments:  # localised from the served matrices as from the local ones
+        for remote_hit, local_hit in zip(remote.hits, in_process.hits, strict=True):
+            assert (remote_hit.segments is None) == (local_hit.segments is None)
+            np.testing.assert_allclose([tuple(s) for s in remote_hit.segments or ()],
+                                       [tuple(s) for s in local_hit.segments or ()], atol=1e-5)
+        assert any(hit.segments for hit in remote.hits)
     assert remote.num_reranked == in_process.num_reranked == config.rerank_count(
         remote.num_candidates) > 0
 

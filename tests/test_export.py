@@ -32,6 +32,10 @@ DNS_SIGNATURES = {
                          "targets": (U8, [None, None, None, 9, 64]),
                          "target_lengths": (I32, [None, None])},
                         {"similarity": (F32, [None, None])}),
+    "frame_to_frame": ({"query": (U8, [None, None, 9, 64]), "query_length": (I32, [None]),
+                        "targets": (U8, [None, None, None, 9, 64]),
+                        "target_lengths": (I32, [None, None])},
+                       {"similarity": (F32, [None, None, None, None])}),
     "selector_scores": ({"mlp_input": (F32, [None, None, 3])}, {"score": (F32, [None, None])}),
     "coarse_similarity": ({"query": (F32, [None, 128]), "targets": (F32, [None, None, 128])},
                           {"similarity": (F32, [None, None])}),
@@ -192,6 +196,26 @@ def test_fine_similarity_ignores_padding(loaded, networks, parity):
     short = np.concatenate([student.index_video(videos[2, :3]), np.zeros((1, 9, 512), np.float32)])
     np.testing.assert_allclose(expected[1][0], student.calculate_video_similarity(
         short, student.index_video(videos[1]))[0, 0], atol=1e-5)
+
+
+def test_frame_to_frame_is_the_students_matrix_of_each_pair(loaded, networks, parity):
+    """The matrices clients localise copies from: the fine student's, zero past the lengths."""
+    videos, masks = parity["inputs.videos"], parity["inputs.masks"]
+    lengths = lengths_of(masks)
+    fine = run(loaded["dns"], "index", features=videos, lengths=lengths)["fine"]
+    got = run(loaded["dns"], "frame_to_frame", query=fine[:2], query_length=lengths[:2],
+              targets=np.stack([fine, fine[::-1]]),
+              target_lengths=np.stack([lengths, lengths[::-1]]))["similarity"]
+    assert got.shape == (2, 3, 12, 12)
+    student = networks["bin"]
+    for b in range(2):
+        for n, target in enumerate((range(3), range(2, -1, -1))[b]):
+            expected, _ = student.frame_to_frame_similarity(
+                student.index_video(videos[b, :lengths[b]]),
+                student.index_video(videos[target, :lengths[target]]))
+            np.testing.assert_allclose(got[b, n, :lengths[b], :lengths[target]], expected[0],
+                                       atol=1e-6)
+            assert not got[b, n, lengths[b]:].any() and not got[b, n, :, lengths[target]:].any()
 
 
 def test_selector_and_coarse_similarity_match_reference(loaded, networks, parity):

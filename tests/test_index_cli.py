@@ -289,6 +289,29 @@ def test_evaluate_needs_similarities_or_an_index(capsys, tmp_path):
     assert "either --similarities or --index" in capsys.readouterr().err
 
 
+def test_search_localises_the_copies_of_reranked_hits(capsys, filled_index, features_h5, videos):
+    path, database = filled_index
+
+    def hits(*settings):
+        code, out, _ = run(capsys, "index", "search", path, "--features", features_h5, "--query",
+                           "q0", "--top", str(len(database)), "--segments", "--json", *settings)
+        assert code == 0
+        return json.loads(out)["queries"][0]["hits"]
+
+    # Segments exactly for the hits the fine student re-ranked.
+    assert all(("segments" in hit) == hit["reranked"] for hit in hits("--percentage", "50"))
+    copies = [hit for hit in hits("--mode", "fine") if hit["video_id"].startswith("d0_")]
+    length = len(videos["q0"])
+    assert len(copies) == 2
+    for hit in copies:  # whole copies of q0
+        [segment] = hit["segments"]
+        assert [segment[key] for key in ("query_start", "query_end", "target_start",
+                                         "target_end")] == [0, length, 0, length]
+    code, out, _ = run(capsys, "index", "search", path, "--features", features_h5, "--query",
+                       "q0", "--mode", "fine", "--segments")
+    assert code == 0 and f"query 0.0-{length}.0 s = target 0.0-{length}.0 s" in out
+
+
 def test_a_batch_the_networks_fail_on_is_retried_video_by_video():
     from dns_tf.index.command import index_videos
     from dns_tf.retrieval import IndexedVideos

@@ -19,9 +19,9 @@ def register(subparsers) -> None:
         "evaluate", help="evaluate query-database similarities on a benchmark",
         description="Scores similarities with the protocol of FIVR-5K, FIVR-200K, CC_WEB_VIDEO, "
                     "EVVE or SVD, as the authors' evaluation code does.")
-    parser.add_argument("--dataset", required=True, type=canonical_dataset_name,
+    parser.add_argument("--dataset", type=canonical_dataset_name,
                         help=f"benchmark: {', '.join(DATASET_NAMES)} (any case)")
-    parser.add_argument("--annotations", required=True,
+    parser.add_argument("--annotations",
                         help="the dataset's annotation file (fivr.pickle, cc_web_video.pickle, "
                              "evve.pickle, SVD's test_groundtruth) or a folder holding it")
     parser.add_argument("--similarities",
@@ -37,11 +37,21 @@ def register(subparsers) -> None:
     parser.add_argument("--available", default=None,
                         help="evaluate on the available subset: .npz with a bool 'available' per "
                              "database video, or a text file of video ids")
+    parser.add_argument("--segments", nargs=2, metavar=("GROUND_TRUTH.json", "PREDICTIONS.json"),
+                        help="instead of a benchmark: score predicted copied segments with "
+                             "segment F1 at temporal IoU >= 0.5 on both axes and VSC22's segment "
+                             "micro-AP (dns_tf.localization)")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     parser.set_defaults(func=run, parser=parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.segments:
+        from dns_tf.localization.command import run_segments
+
+        return run_segments(*args.segments, as_json=args.json)
+    if not args.dataset or not args.annotations:
+        args.parser.error("--dataset and --annotations are required (or --segments)")
     if bool(args.similarities) == bool(args.index):
         args.parser.error("give either --similarities or --index")
     if args.index:

@@ -63,6 +63,13 @@ class FineGrainedSimilarityModel(keras.Model):
         return ops.reshape(chamfer_similarity(similarity, mask, max_axis=2, mean_axis=1),
                            (num_queries, -1))
 
+    def localize(self, query, target, config=None, fps=1.0):
+        """Copied segments of indexed ``query`` ``[Tq, R, D]`` in ``target`` ``[Tt, R, D]``, in
+        seconds, best first (:func:`dns_tf.localization.localize`)."""
+        from dns_tf.localization import LocalizationConfig, localize
+
+        return localize(self, query, target, config or LocalizationConfig(), fps)
+
     def paired_similarity(self, query, target, query_mask, target_mask):
         """Training forward on indexed pairs: query i against target i.
 

@@ -29,6 +29,9 @@ from dns_tf.index.fine_store import pack_bits
 from dns_tf.index.store import VideoIndex
 
 SEARCH_MODES = ("dns", "coarse", "fine")
+# Stored fine representations read per batch of fine similarities: memory stays bounded whatever
+# the size of the index or the kind of representation (float16 videos are 16x binary codes).
+FINE_CHUNK_BYTES = 256 * 2**20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,9 +281,12 @@ class DnSRetriever:
         return self.backend.selector_scores(mlp_input)
 
     def fine_scores(self, query_fine: np.ndarray, video_ids: Sequence[str],
-                    chunk: int = 4096) -> np.ndarray:
+                    chunk: int | None = None) -> np.ndarray:
         """Fine similarities ``[N]`` in [-1, 1] of a stored query representation with indexed
-        videos, reading ``chunk`` stored representations at a time (bounded memory)."""
+        videos, reading ``chunk`` stored representations at a time (bounded memory; default:
+        about FINE_CHUNK_BYTES of videos of 128 frames, 3640 binary codes or 227 float16)."""
+        if chunk is None:
+            chunk = max(1, FINE_CHUNK_BYTES // (128 * self.index.codec.frame_nbytes))
         scores = [np.zeros(0, np.float32)]
         for start in range(0, len(video_ids), chunk):
             records = self.index.get_many(video_ids[start:start + chunk])

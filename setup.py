@@ -21,6 +21,7 @@ setup(
         "imageio-ffmpeg>=0.5",
         "tqdm>=4.66",
         "matplotlib>=3.8",
+        "google-crc32c>=1.5",  # TFRecord record checksums, checked on read
     ],
     extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100"]},
     entry_points={"console_scripts": ["dns-tf=dns_tf.cli:main"]},

@@ -35,10 +35,13 @@ import numpy as np
 from dns_tf.config import field
 from dns_tf.index.fine_store import pack_bits
 from dns_tf.index.store import VideoIndex
-from dns_tf.models.fingerprint import fingerprint
 from dns_tf.localization.networks import localize_hits
+from dns_tf.models.fingerprint import fingerprint
 
 SEARCH_MODES = ("dns", "coarse", "fine")
+# Stored fine representations read per batch of fine similarities: memory stays bounded whatever
+# the size of the index or the kind of representation (float16 videos are 16x binary codes).
+FINE_CHUNK_BYTES = 256 * 2**20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,8 +216,10 @@ class LocalBackend:
         self.selector = selector
         self.batch_size = batch_size
         self.fine_kind = fine_kind_of(fine_student)
-        self.fingerprints = {"coarse": fingerprint(coarse_student),
-                             "fine": fingerprint(fine_student), "selector": fingerprint(selector)}
+        # A backend may lack a network (the search benchmark draws coarse vectors instead).
+        self.fingerprints = {name: fingerprint(network) for name, network in (
+            ("coarse", coarse_student), ("fine", fine_student), ("selector", selector))
+            if network is not None}
         self.fast_similarity = FastFineSimilarity(fine_student, batch_size=batch_size)
 
     @property
@@ -337,9 +342,12 @@ class DnSRetriever:
         return self.backend.selector_scores(mlp_input)
 
     def fine_scores(self, query_fine: np.ndarray, video_ids: Sequence[str],
-                    chunk: int = 4096) -> np.ndarray:
+                    chunk: int | None = None) -> np.ndarray:
         """Fine similarities ``[N]`` in [-1, 1] of a stored query representation with indexed
-        videos, reading ``chunk`` stored representations at a time (bounded memory)."""
+        videos, reading ``chunk`` stored representations at a time (bounded memory; default:
+        about FINE_CHUNK_BYTES of videos of 128 frames, 3640 binary codes or 227 float16)."""
+        if chunk is None:
+            chunk = max(1, FINE_CHUNK_BYTES // (128 * self.index.codec.frame_nbytes))
         in_index = getattr(self.backend, "fine_scores_in_index", None)
         scores = [np.zeros(0, np.float32)]
         for start in range(0, len(video_ids), chunk):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dns_tf.cli import main
-from dns_tf.data.feature_files import open_features
+from dns_tf.data.feature_files import file_fingerprint, open_features
 from dns_tf.features.extractor import FeatureExtractor
 from dns_tf.features.video import load_video
 from tests.videos import make_video
@@ -74,6 +74,20 @@ def test_extract_to_tfrecord_with_frame_limit(collection, checkpoints, tmp_path)
         assert sorted(features.ids()) == ["gap", "one", "three", "two"]
         assert {features[video_id].shape for video_id in features} == {(1, 9, 64)}
     assert json.loads((tmp_path / "shards.report.json").read_text())["frames"] == 4
+
+
+def test_extract_refuses_to_append_features_made_otherwise(collection, checkpoints, tmp_path,
+                                                           capsys):
+    out = tmp_path / "shards"
+    assert _extract(collection, checkpoints, out, "--max_frames", "1", "--dims", "64") == 1
+    with open_features(out) as features:
+        assert features.provenance["dims"] == 64 and features.provenance["fps"] == 1.0
+        assert features.provenance["pca"] == file_fingerprint(checkpoints / "pca_resnet50.npz")
+    capsys.readouterr()
+    assert _extract(collection, checkpoints, out, "--max_frames", "1", "--dims", "128") == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"dns-tf extract: error: {out} holds features made with dims=64, this run makes "
+        f"dims=128: appending would mix incompatible features; write them to another file"]
 
 
 def test_extract_needs_the_backbone(collection, tmp_path, monkeypatch):

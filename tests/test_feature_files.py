@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from dns_tf.data.feature_files import (FeatureFileError, HDF5Features, TFRecordFeatures,
-                                       open_features, open_writer, tfrecord_dataset)
+                                       _masked_crc, open_features, open_writer, tfrecord_dataset)
 
 
 def _videos(count, seed=0, dims=16):
@@ -115,8 +116,9 @@ def test_torn_tail_and_unindexed_records_are_recovered(tmp_path):
     index = shard.with_name(shard.name + ".ids")
     lines = index.read_text().splitlines(keepends=True)
     index.write_text(lines[0] + lines[1][:7])            # last record unindexed, torn line
-    with open(shard, "ab") as file:
-        file.write(b"\x40\x00\x00\x00\x00\x00\x00\x00junk")  # header of a record never finished
+    length = struct.pack("<Q", 64)
+    with open(shard, "ab") as file:  # the header of a record never finished, and 4 of its bytes
+        file.write(length + struct.pack("<I", _masked_crc(length)) + b"junk")
     with open_features(directory) as features:          # readers ignore the torn tail
         assert features.ids() == list(videos)
     with open_writer(directory) as writer:              # the next writer cuts it off
@@ -203,3 +205,70 @@ def test_interrupted_merge_leaves_the_previous_file_intact(tmp_path, monkeypatch
     with HDF5Features(path) as features:
         assert sorted(features.ids()) == sorted(videos)
         np.testing.assert_array_equal(features["video_3"], videos["video_3"])
+
+
+def _write(path, videos, **kwargs):
+    with open_writer(path, **kwargs) as writer:
+        for video_id, features in videos.items():
+            writer.write(video_id, features)
+
+
+def test_flipped_bits_in_a_tfrecord_are_caught_by_its_crcs(tmp_path):
+    videos = _videos(2)
+    directory = tmp_path / "shards"
+    _write(directory, videos)
+    shard = next(directory.glob("*.tfrecord"))
+    data = bytearray(shard.read_bytes())
+    data[-40] ^= 0x01                                     # inside the last record's features
+    shard.write_bytes(bytes(data))
+    with open_features(directory) as features:
+        np.testing.assert_array_equal(features["video_0"], videos["video_0"])
+        with pytest.raises(FeatureFileError, match="fails its CRC check"):
+            features["video_1"]
+    data[0] ^= 0x01                                       # the first record's length
+    shard.write_bytes(bytes(data))
+    with pytest.raises(FeatureFileError, match="at byte 0: record header fails its CRC"):
+        open_features(directory)
+
+
+def test_hdf5_dataset_larger_than_its_file_is_refused_before_allocating(tmp_path):
+    path = tmp_path / "hostile.h5"
+    with h5py.File(path, "w") as file:                    # 7.4 GB declared, nothing stored
+        file.create_dataset("video", shape=(200_000, 9, 1024), dtype=np.float32)
+        file.create_dataset("labels", data=np.zeros((2, 9, 4), np.int64))
+    assert os.path.getsize(path) < 10_000
+    with open_features(path) as features:
+        with pytest.raises(FeatureFileError, match="'video' declares shape .* more than the"):
+            features["video"]
+        with pytest.raises(FeatureFileError, match="'labels' is not a float dataset"):
+            features["labels"]
+
+
+@pytest.mark.parametrize("name", ["features.h5", "shards"])
+def test_provenance_is_recorded_and_a_mismatched_append_refused(tmp_path, name):
+    path = tmp_path / name
+    made = {"dims": 16, "backbone": "torchvision:0123", "pca": "abcd", "fps": 1.0}
+    _write(path, _videos(2), provenance=made)
+    with open_features(path) as features:
+        assert features.provenance == made
+    _write(path, {"video_7": _videos(1, seed=3)["video_0"]}, provenance=made)  # same: appends
+    with pytest.raises(FeatureFileError, match=r"made with fps=1.0, this run makes fps=2.0"):
+        open_writer(path, provenance={**made, "fps": 2.0})
+    with pytest.raises(FeatureFileError, match="made with dims=16, this run makes dims=3840"):
+        open_writer(path, provenance={**made, "dims": 3840})
+    with open_writer(path) as writer:                     # no provenance: the dims still hold
+        with pytest.raises(FeatureFileError, match="video_9: 32-d features, but .* 16-d ones"):
+            writer.write("video_9", _videos(1, dims=32)["video_0"])
+    with open_features(path) as features:
+        assert sorted(features.ids()) == ["video_0", "video_1", "video_7"]
+
+
+def test_a_file_without_provenance_is_described_by_its_dims(tmp_path):
+    path = tmp_path / "authors.h5"
+    with h5py.File(path, "w") as file:                    # the authors' files record nothing
+        file["video_0"] = np.zeros((3, 9, 512), np.float32)
+    with pytest.raises(FeatureFileError, match="made with dims=512, this run makes dims=3840"):
+        open_writer(path, provenance={"dims": 3840, "fps": 1.0})
+    _write(path, {"video_1": np.ones((2, 9, 512), np.float32)}, provenance={"dims": 512})
+    with open_features(path) as features:
+        assert features.provenance == {"dims": 512} and len(features) == 2

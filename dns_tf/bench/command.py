@@ -21,6 +21,7 @@ from typing import Any
 
 BENCHMARKS = (
     "coarse",
+    "search",
     "extract",
     "similarity",
     "serve",

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import fcntl
 import glob
+import hashlib
 import json
 import os
 import re
@@ -48,12 +49,15 @@ import shutil
 import struct
 from collections.abc import Iterator, Mapping
 
+import google_crc32c
 import h5py
 import numpy as np
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
 TFRECORD_SUFFIX = ".tfrecord"
 INDEX_SUFFIX = ".ids"
+PROVENANCE_FILE = "provenance.json"
+PROVENANCE_ATTR = "dns_tf_provenance"
 PENDING_SUFFIX = ".pending"
 DTYPES = ("float32", "float16")
 DEFAULT_VIDEOS_PER_SHARD = 1000
@@ -66,6 +70,59 @@ _FOOTER_BYTES = 4
 
 class FeatureFileError(ValueError):
     """A feature file, or a video in it, is not what the readers and writers expect."""
+
+
+def check_provenance(where: str, recorded: Mapping | None, given: Mapping | None) -> None:
+    """Refuses to append features made one way to a file of features made another.
+
+    Provenance is a flat JSON-able dict, e.g. ``{"dims": 512, "backbone": "torchvision:<sha>",
+    "pca": "<sha>", "fps": 1.0}``; every key both sides have must agree (a file written without
+    provenance is described by the dims of its videos).
+    """
+    if not recorded or not given:
+        return
+    for key in sorted(set(recorded) & set(given)):
+        if recorded[key] != given[key]:
+            raise FeatureFileError(
+                f"{where} holds features made with {key}={recorded[key]!r}, this run makes "
+                f"{key}={given[key]!r}: appending would mix incompatible features; write them to "
+                f"another file")
+
+
+def file_fingerprint(path: str | os.PathLike) -> str:
+    """SHA-256 (first 16 hex digits) of a file's bytes: which weights or PCA made the features."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _normalized(provenance: Mapping | None) -> dict | None:
+    """Provenance as it reads back from JSON (tuples become lists, keys strings)."""
+    return None if provenance is None else json.loads(json.dumps(dict(provenance)))
+
+
+def _read_provenance_file(path: str) -> dict | None:
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as file:
+            recorded = json.load(file)
+    except (OSError, ValueError) as error:
+        raise FeatureFileError(f"{path}: unreadable provenance ({error})") from None
+    if not isinstance(recorded, dict):
+        raise FeatureFileError(f"{path}: provenance must be a JSON object")
+    return recorded
+
+
+def _write_json_atomically(path: str, value) -> None:
+    temporary = path + ".tmp"
+    with open(temporary, "w", encoding="utf-8") as file:
+        json.dump(value, file, sort_keys=True)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
 
 
 def feature_format(path: str | os.PathLike) -> str:
@@ -174,11 +231,18 @@ def decode_example(record: bytes, where: str = "record") -> tuple[str, np.ndarra
     return video_id, array.astype(np.float32)
 
 
+def _masked_crc(data: bytes) -> int:
+    """TFRecord's masked CRC-32C of ``data``."""
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
 def _scan_records(path: str) -> tuple[list[tuple[int, int]], int]:
     """``([(offset, total bytes) of each complete record], end of the last one)`` of a shard.
 
-    Reads only the length headers. A record whose bytes run past the end of the file is the torn
-    tail of a writer that was killed; it and anything after it are not returned.
+    Reads only the length headers (checking their CRCs). A record whose bytes run past the end of
+    the file is the torn tail of a writer that was killed; it and anything after it are not
+    returned.
     """
     records = []
     size = os.path.getsize(path)
@@ -186,7 +250,11 @@ def _scan_records(path: str) -> tuple[list[tuple[int, int]], int]:
     with open(path, "rb") as file:
         while offset + _HEADER_BYTES <= size:
             file.seek(offset)
-            (length,) = struct.unpack("<Q", file.read(8))
+            header = file.read(_HEADER_BYTES)
+            (length,), (crc,) = struct.unpack("<Q", header[:8]), struct.unpack("<I", header[8:])
+            if _masked_crc(header[:8]) != crc:  # a killed writer leaves short headers, not bad ones
+                raise FeatureFileError(f"{path} at byte {offset}: record header fails its CRC "
+                                       f"check (corrupt file)")
             total = _HEADER_BYTES + length + _FOOTER_BYTES
             if offset + total > size:
                 break
@@ -195,9 +263,14 @@ def _scan_records(path: str) -> tuple[list[tuple[int, int]], int]:
     return records, offset
 
 
-def _read_record(file, offset: int, total: int) -> bytes:
+def _read_record(file, offset: int, total: int, where: str) -> bytes:
+    """The data of the record at ``offset``, checked against its CRC-32C."""
     file.seek(offset + _HEADER_BYTES)
-    return file.read(total - _HEADER_BYTES - _FOOTER_BYTES)
+    data = file.read(total - _HEADER_BYTES - _FOOTER_BYTES)
+    (crc,) = struct.unpack("<I", file.read(_FOOTER_BYTES))
+    if _masked_crc(data) != crc:
+        raise FeatureFileError(f"{where}: record data fails its CRC check (corrupt file)")
+    return data
 
 
 def _shard_index(path: str) -> list[tuple[str, int, int]]:
@@ -222,8 +295,8 @@ def _shard_index(path: str) -> list[tuple[str, int, int]]:
         for offset, total in records:
             video_id = known.get((offset, total))
             if video_id is None:
-                video_id, _ = decode_example(_read_record(file, offset, total),
-                                             where=f"{path} at byte {offset}")
+                where = f"{path} at byte {offset}"
+                video_id, _ = decode_example(_read_record(file, offset, total, where), where)
             entries.append((video_id, offset, total))
     return entries
 
@@ -255,10 +328,13 @@ class TFRecordFeatureWriter:
         directory: where the ``features-NNNNN.tfrecord`` shards go (created if missing).
         dtype: ``"float32"`` or ``"float16"`` on disk.
         videos_per_shard: start a new shard after this many videos.
+        provenance: how the features are made (see :func:`check_provenance`); recorded in
+            ``provenance.json`` by the first writer, checked by the later ones.
     """
 
     def __init__(self, directory: str | os.PathLike, dtype: str = "float32",
-                 videos_per_shard: int = DEFAULT_VIDEOS_PER_SHARD):
+                 videos_per_shard: int = DEFAULT_VIDEOS_PER_SHARD,
+                 provenance: Mapping | None = None):
         self.directory = os.fspath(directory)
         self.dtype = _check_dtype(dtype)
         self.videos_per_shard = int(videos_per_shard)
@@ -270,6 +346,7 @@ class TFRecordFeatureWriter:
         self._next_shard = 0
         try:
             self._recover()
+            self.provenance = self._settle_provenance(provenance)
         except BaseException:
             self._lock.release()
             raise
@@ -299,6 +376,20 @@ class TFRecordFeatureWriter:
             self._rewrite_index(path, entries)
             self._done.update(video_id for video_id, _, _ in entries)
 
+    def _settle_provenance(self, given: Mapping | None) -> dict | None:
+        """Checks ``given`` against what the directory records (or, for directories written
+        without provenance, against the dims of a stored video) and records it if new."""
+        path = os.path.join(self.directory, PROVENANCE_FILE)
+        recorded = _read_provenance_file(path)
+        if recorded is None and self._done:
+            with TFRecordFeatures(self.directory) as existing:
+                recorded = {"dims": int(existing[next(iter(existing))].shape[-1])}
+        given = _normalized(given)
+        check_provenance(self.directory, recorded, given)
+        if given is not None and not os.path.exists(path):
+            _write_json_atomically(path, {**given, **(recorded or {})})
+        return {**(given or {}), **(recorded or {})} or None
+
     @staticmethod
     def _rewrite_index(path, entries):
         temporary = path + INDEX_SUFFIX + ".tmp"
@@ -324,7 +415,14 @@ class TFRecordFeatureWriter:
         video_id = _check_video_id(video_id)
         if video_id in self._done:
             raise FeatureFileError(f"{video_id}: already written to {self.directory}")
-        record = encode_example(video_id, _check_features(video_id, features, self.dtype))
+        features = _check_features(video_id, features, self.dtype)
+        dims = (self.provenance or {}).get("dims")
+        if dims is not None and features.shape[-1] != dims:
+            raise FeatureFileError(f"{video_id}: {features.shape[-1]}-d features, but "
+                                   f"{self.directory} holds {dims}-d ones")
+        if dims is None:
+            self.provenance = {**(self.provenance or {}), "dims": int(features.shape[-1])}
+        record = encode_example(video_id, features)
         if self._writer is None or self._shard_videos >= self.videos_per_shard:
             self._open_shard(tf)
         self._writer.write(record)
@@ -372,9 +470,12 @@ class HDF5FeatureWriter:
     Args:
         path: the ``.h5`` / ``.hdf5`` file.
         dtype: ``"float32"`` or ``"float16"`` datasets.
+        provenance: how the features are made (see :func:`check_provenance`); recorded in the
+            file's ``dns_tf_provenance`` attribute, checked when the file is appended to.
     """
 
-    def __init__(self, path: str | os.PathLike, dtype: str = "float32"):
+    def __init__(self, path: str | os.PathLike, dtype: str = "float32",
+                 provenance: Mapping | None = None):
         self.path = os.fspath(path)
         self.dtype = _check_dtype(dtype)
         self._merging_path = self.path + ".merging"
@@ -383,10 +484,18 @@ class HDF5FeatureWriter:
             if os.path.exists(self._merging_path):  # a merge that was killed: start it over
                 os.remove(self._merging_path)
             self._existing = set()
+            recorded = None
             if os.path.exists(self.path):
-                with _open_hdf5(self.path) as file:
+                with HDF5Features(self.path) as file:
                     self._existing = set(file.keys())
-            self._journal = TFRecordFeatureWriter(self.path + PENDING_SUFFIX, dtype=self.dtype)
+                    recorded = file.provenance
+                    if recorded is None and len(file):
+                        recorded = {"dims": int(file[file.ids()[0]].shape[-1])}
+            given = _normalized(provenance)
+            check_provenance(self.path, recorded, given)
+            self._journal = TFRecordFeatureWriter(
+                self.path + PENDING_SUFFIX, dtype=self.dtype,
+                provenance={**(given or {}), **(recorded or {})} or None)
         except BaseException:
             self._lock.release()
             raise
@@ -423,6 +532,9 @@ class HDF5FeatureWriter:
             shutil.rmtree(journal_dir)
             return
         with pending, h5py.File(self._merging_path, "w") as merged:
+            if self._journal.provenance:
+                merged.attrs[PROVENANCE_ATTR] = json.dumps(self._journal.provenance,
+                                                           sort_keys=True)
             if os.path.exists(self.path):
                 with _open_hdf5(self.path) as old:
                     for video_id in old:
@@ -441,14 +553,16 @@ class HDF5FeatureWriter:
         self.close()
 
 
-def open_writer(path: str | os.PathLike, dtype: str = "float32", format: str | None = None):
+def open_writer(path: str | os.PathLike, dtype: str = "float32", format: str | None = None,
+                provenance: Mapping | None = None):
     """A resumable writer: :class:`HDF5FeatureWriter` for ``.h5``/``.hdf5`` (or
-    ``format="h5"``), :class:`TFRecordFeatureWriter` on a directory otherwise."""
+    ``format="h5"``), :class:`TFRecordFeatureWriter` on a directory otherwise. ``provenance``
+    is recorded with the features and checked against what an existing output records."""
     format = format or feature_format(path)
     if format == "h5":
-        return HDF5FeatureWriter(path, dtype=dtype)
+        return HDF5FeatureWriter(path, dtype=dtype, provenance=provenance)
     if format == "tfrecord":
-        return TFRecordFeatureWriter(path, dtype=dtype)
+        return TFRecordFeatureWriter(path, dtype=dtype, provenance=provenance)
     raise FeatureFileError(f"unknown feature format {format!r}; expected 'h5' or 'tfrecord'")
 
 
@@ -463,8 +577,29 @@ def _open_hdf5(path: str) -> h5py.File:
         raise FeatureFileError(f"{path}: not a readable HDF5 file ({error})") from None
 
 
+# Deflate, the strongest HDF5 filter h5py writes, expands at most ~1032x.
+_MAX_FILTER_RATIO = 1032
+
+
+def _check_dataset(path: str, video_id: str, dataset) -> None:
+    """Refuses a dataset that is not float features, or declares more data than the file could
+    hold (before anything is allocated: a 1 KB file must not make the reader allocate GBs)."""
+    if not isinstance(dataset, h5py.Dataset) or dataset.dtype.kind != "f":
+        raise FeatureFileError(f"{path}: {video_id!r} is not a float dataset "
+                               f"({getattr(dataset, 'dtype', type(dataset).__name__)})")
+    declared = int(np.prod(dataset.shape, dtype=np.float64) * dataset.dtype.itemsize)
+    file_size = os.path.getsize(path)
+    limit = file_size * (_MAX_FILTER_RATIO if dataset.compression else 1)
+    if declared > limit:
+        raise FeatureFileError(f"{path}: dataset {video_id!r} declares shape {dataset.shape} "
+                               f"{dataset.dtype} ({declared} bytes), more than the "
+                               f"{file_size}-byte file can hold")
+
+
 class FeatureFile(Mapping):
     """Read-only mapping ``video_id -> features [T, R, D] float32``; a context manager."""
+
+    provenance: dict | None = None  # how the features were made, if the writer recorded it
 
     def ids(self) -> list[str]:
         """The video ids, in file order."""
@@ -490,11 +625,18 @@ class HDF5Features(FeatureFile):
         self.path = os.fspath(path)
         self._file = _open_hdf5(self.path)
         self._ids = [key for key, item in self._file.items() if isinstance(item, h5py.Dataset)]
+        recorded = self._file.attrs.get(PROVENANCE_ATTR)
+        try:
+            self.provenance = None if recorded is None else json.loads(recorded)
+        except (TypeError, ValueError):
+            raise FeatureFileError(f"{self.path}: unreadable {PROVENANCE_ATTR} attribute") from None
 
     def __getitem__(self, video_id) -> np.ndarray:
         if not isinstance(video_id, str) or video_id not in self._file:
             raise self._missing(video_id)
-        return _as_float32(video_id, self._file[video_id][()])
+        dataset = self._file[video_id]
+        _check_dataset(self.path, video_id, dataset)
+        return _as_float32(video_id, dataset[()])
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._ids)
@@ -521,6 +663,8 @@ class TFRecordFeatures(FeatureFile):
     def __init__(self, location: str | os.PathLike):
         self.location = os.fspath(location)
         self._paths = _shard_paths(self.location)
+        if os.path.isdir(self.location):
+            self.provenance = _read_provenance_file(os.path.join(self.location, PROVENANCE_FILE))
         self._index: dict[str, tuple[int, int, int]] = {}
         for number, path in enumerate(self._paths):
             for video_id, offset, total in _shard_index(path):
@@ -534,7 +678,8 @@ class TFRecordFeatures(FeatureFile):
         if number not in self._files:
             self._files[number] = open(self._paths[number], "rb")
         where = f"{self._paths[number]} at byte {offset}"
-        found, features = decode_example(_read_record(self._files[number], offset, total), where)
+        found, features = decode_example(
+            _read_record(self._files[number], offset, total, where), where)
         if found != video_id:
             raise FeatureFileError(f"{where}: index says {video_id!r}, record holds {found!r}")
         return features

@@ -220,15 +220,33 @@ def resnet_path(config: ExtractConfig) -> str:
     return path
 
 
+def provenance(config: ExtractConfig) -> dict:
+    """What decides the features' values, recorded with them so that a run with other settings
+    cannot append to the same file: dims, backbone weights, PCA and frame rate."""
+    from dns_tf.data.feature_files import file_fingerprint
+
+    pca = config.pca or os.environ.get(PCA_ENV) or None
+    backbone = ("keras-applications-imagenet" if config.backbone == "keras"
+                else f"torchvision:{file_fingerprint(resnet_path(config))}")
+    return {"dims": config.dims or (512 if pca else 3840), "backbone": backbone,
+            "pca": file_fingerprint(pca) if pca else None, "fps": float(config.fps)}
+
+
 def run(args) -> int:
-    from dns_tf.data.feature_files import open_writer
+    from dns_tf.data.feature_files import FeatureFileError, open_writer
 
     config = from_arguments(ExtractConfig, args)
     report_path = args.report or os.path.normpath(args.out) + ".report.json"
     if config.backbone == "torchvision":
         resnet_path(config)
     videos, problems = find_videos(args.videos)
-    with open_writer(args.out, dtype=config.dtype, format=config.format) as writer:
+    try:
+        writer = open_writer(args.out, dtype=config.dtype, format=config.format,
+                             provenance=provenance(config))
+    except (FeatureFileError, OSError) as error:
+        print(f"dns-tf extract: error: {error}", file=sys.stderr)
+        return 1
+    with writer:
         todo = sum(video_id not in writer for video_id, _ in videos)
         # A finished collection is checked without loading the CNN.
         extractor = build_extractor(config) if todo else None

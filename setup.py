@@ -22,6 +22,7 @@ setup(
         "tqdm>=4.66",
         "matplotlib>=3.8",
         "google-crc32c>=1.5",  # TFRecord record checksums, checked on read
+        "scikit-learn>=1.4",
     ],
     extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100"]},
     entry_points={"console_scripts": ["dns-tf=dns_tf.cli:main"]},

@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "dns_tf.convert.command",
     "dns_tf.convert.download_command",
     "dns_tf.evaluation.command",
+    "dns_tf.evaluation.calibrate_command",
     "serving.command",
     "dns_tf.bench.command",
     "dns_tf.features.command",

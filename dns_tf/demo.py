@@ -13,10 +13,12 @@ interrupted demo continues where it stopped and a finished one only reports agai
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import pathlib
+import resource
 import sys
 import time
 
@@ -39,10 +41,14 @@ class DemoConfig:
     resnet: str | None = field(
         None, "torchvision ResNet50 weights (.pth/.npz); default: $DNS_TF_RESNET50, else "
               "../shared/reference's, else keras.applications ImageNet weights (downloaded)")
-    train_queries: int = field(6, "query videos of the training collection")
-    eval_queries: int = field(5, "query videos of the evaluation collection")
-    distractors: int = field(10, "unrelated videos in each collection")
+    train_queries: int = field(8, "query videos of the training collection")
+    eval_queries: int = field(12, "query videos of the evaluation collection")
+    train_distractors: int = field(8, "unrelated videos in the training collection")
+    eval_distractors: int = field(30, "unrelated videos in the evaluation collection (as in FIVR, "
+                                      "each query's relevant videos are a few % of the database)")
     seconds: float = field(12.0, "length of a source video in seconds")
+    host_seconds: float = field(36.0, "length of the long videos that hide a few seconds of a "
+                                      "query")
     teacher_epochs: int = field(15, "epochs of teacher training")
     student_epochs: int = field(100, "epochs of distillation (one pair per anchor per epoch)")
     selector_epochs: int = field(20, "epochs of selector training")
@@ -87,14 +93,16 @@ class Demo:
         from dns_tf.data.video_collection import CollectionConfig, generate_collection
 
         made = {}
-        for split, seed, queries in (("train", self.config.seed + 1, self.config.train_queries),
-                                     ("eval", self.config.seed, self.config.eval_queries)):
-            say(f"{split} collection: {queries} queries, {self.config.distractors} distractors")
+        for split, seed, queries, distractors in (
+                ("train", self.config.seed + 1, self.config.train_queries,
+                 self.config.train_distractors),
+                ("eval", self.config.seed, self.config.eval_queries, self.config.eval_distractors)):
+            say(f"{split} collection: {queries} queries, {distractors} distractors")
             made[split] = generate_collection(
                 self.root / "videos" / split,
-                CollectionConfig(seed=seed, num_queries=queries,
-                                 num_distractors=self.config.distractors,
-                                 seconds=self.config.seconds),
+                CollectionConfig(seed=seed, num_queries=queries, num_distractors=distractors,
+                                 seconds=self.config.seconds,
+                                 host_seconds=self.config.host_seconds),
                 progress=self.config.progress)
         return made
 
@@ -176,7 +184,7 @@ class Demo:
         return train_teacher(features, triplets, config, str(path.parent),
                              verbose=self._verbose()).network
 
-    def teacher_pairs(self, teacher, features):
+    def teacher_pairs(self, teacher, features, collection):
         from dns_tf.data.pairs import load_pairs, save_pairs
         from training.config import PairsConfig
         from training.pairs import label_pairs
@@ -186,7 +194,9 @@ class Demo:
             say("teacher labels the training videos' pairs")
             pairs = label_pairs(teacher, features, PairsConfig(seed=self.config.seed),
                                 progress=self.config.progress)
-            save_pairs(path, pairs.index, pairs.pairs)
+            threshold = separating_threshold(pairs.pairs, pairs.index, collection)
+            say(f"positive pool: teacher similarity >= {threshold:.3f}")
+            save_pairs(path, pairs.index, split_pools(pairs.pairs, threshold))
         return load_pairs(path)
 
     def students(self, pairs, features):
@@ -256,27 +266,100 @@ class Demo:
         return base / MODELS_CONFIG_FILE
 
     def run(self) -> dict:
-        collections = self.collections()
-        raw = self.region_features(collections)
-        teacher_features = self.whitened_features(raw, TEACHER_DIMS)
-        features = self.whitened_features(raw, STUDENT_DIMS)
-        teacher = self.teacher(collections["train"], teacher_features["train"])
-        pairs = self.teacher_pairs(teacher, teacher_features["train"])
-        students = self.students(pairs, features["train"])
-        selector = self.selector(students, pairs, features["train"])
-        models_config = self.export(students, selector, teacher)
+        clock = StageClock(self.root / "timings.json")
+        with clock("generate videos"):
+            collections = self.collections()
+        with clock("extract features"):
+            raw = self.region_features(collections)
+        with clock("whiten"):
+            teacher_features = self.whitened_features(raw, TEACHER_DIMS)
+            features = self.whitened_features(raw, STUDENT_DIMS)
+        with clock("train teacher"):
+            teacher = self.teacher(collections["train"], teacher_features["train"])
+        with clock("teacher labels pairs"):
+            pairs = self.teacher_pairs(teacher, teacher_features["train"], collections["train"])
+        with clock("distil students"):
+            students = self.students(pairs, features["train"])
+        with clock("train selector"):
+            selector = self.selector(students, pairs, features["train"])
+        with clock("export"):
+            models_config = self.export(students, selector, teacher)
 
         from dns_tf.demo_report import evaluate_demo
-        return evaluate_demo(self.root, collections["eval"], teacher, teacher_features["eval"],
-                             students, selector, features["eval"], models_config,
-                             self.config.percentages)
+        with clock("serve, index, search, report"):
+            results = evaluate_demo(self.root, collections["eval"], teacher,
+                                    teacher_features["eval"], students, selector,
+                                    features["eval"], models_config, self.config.percentages)
+        say("stages (wall / CPU seconds, this run): " + ", ".join(
+            f"{name} {times['wall_s']:.0f}/{times['cpu_s']:.0f}"
+            for name, times in clock.stages.items()))
+        return results
+
+
+class StageClock:
+    """Wall and CPU seconds of each stage of this run, written to ``path`` after each stage.
+
+    CPU seconds count this process's threads and its finished child processes (ffmpeg): on a
+    machine shared with other jobs they say what a quiet machine would need, wall time does not.
+    """
+
+    def __init__(self, path: pathlib.Path):
+        self.path = path
+        self.stages = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        wall, cpu = time.perf_counter(), _cpu_seconds()
+        yield
+        self.stages[name] = {"wall_s": round(time.perf_counter() - wall, 1),
+                             "cpu_s": round(_cpu_seconds() - cpu, 1)}
+        self.path.write_text(json.dumps(self.stages, indent=1) + "\n", encoding="utf-8")
+
+
+def _cpu_seconds() -> float:
+    own, children = (resource.getrusage(who)
+                     for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def separating_threshold(pairs: dict, index, collection) -> float:
+    """The teacher similarity between its typical related and unrelated training pair.
+
+    The pools of positives and negatives only steer which pairs distillation samples (students
+    learn the similarities themselves). ViSiL's threshold 0 assumes unrelated pairs score below 0,
+    which a teacher trained from scratch in minutes need not do (one scored every pair of the
+    training videos >= 0.38), so the demo splits halfway between the medians of the training
+    collection's related and unrelated pairs.
+    """
+    related, unrelated = [], []
+    for query, pools in pairs.items():
+        sources = set(collection.videos[index[query]].contains)
+        for pool in pools.values():
+            for target, similarity in pool.items():
+                shared = sources & set(collection.videos[index[target]].contains)
+                (related if shared else unrelated).append(similarity)
+    if not related or not unrelated:
+        raise RuntimeError("the teacher's pairs hold no related or no unrelated training pair")
+    return float((np.median(related) + np.median(unrelated)) / 2)
+
+
+def split_pools(pairs: dict, threshold: float) -> dict:
+    """The same scored pairs, positives being those at or above ``threshold``."""
+    split = {}
+    for query, pools in pairs.items():
+        scored = {t: s for pool in pools.values() for t, s in pool.items()}
+        split[query] = {"positives": {t: s for t, s in scored.items() if s >= threshold},
+                        "negatives": {t: s for t, s in scored.items() if s < threshold}}
+    return split
 
 
 def labelled_triplets(collection, seed: int, per_anchor: int = 2) -> list[tuple[str, str, str]]:
     """(anchor, positive, negative) ids from a generated collection's labels.
 
     Videos made from the same source (the query, its near-duplicates and duplicate scenes) are
-    positives of each other; every other video is a negative.
+    positives of each other; every other video is a negative. Half the negatives are hard ones
+    where the collection has them: videos with the anchor's look (a query's siblings) that do not
+    contain its source, as FIVR's videos of the same event.
     """
     rng = np.random.default_rng(seed)
     groups = {}
@@ -286,10 +369,13 @@ def labelled_triplets(collection, seed: int, per_anchor: int = 2) -> list[tuple[
     groups = {source: sorted(members) for source, members in groups.items() if len(members) > 1}
     everything = sorted(collection.videos)
     triplets = []
-    for members in groups.values():
+    for source, members in groups.items():
         others = [v for v in everything if v not in members]
+        family = collection.videos[source].family or source
+        hard = [v for v in others if collection.videos[v].family == family]
         for anchor in members:
-            for _ in range(per_anchor):
+            for n in range(per_anchor):
                 positive = rng.choice([m for m in members if m != anchor])
-                triplets.append((anchor, str(positive), str(rng.choice(others))))
+                negative = rng.choice(hard if hard and n % 2 else others)
+                triplets.append((anchor, str(positive), str(negative)))
     return triplets

@@ -1,10 +1,20 @@
-"""DnS search: coarse scores everywhere, fine scores where the selector says they matter.
+"""DnS search: coarse scores everywhere, fine scores where routing says they matter.
 
     query features ──index──> (coarse q, fine q, selector q)
       ──coarse top-K (ScaNN) or the whole index──> candidates with coarse similarity
-      ──selector MLP([q score, t score, coarse sim])──> routing scores
-      ──top p% (or a budget) by routing score──> fine similarity on those pairs
-      ──merge (fine mapped s/2 + 1/2, the scale the coarse student learns)──> ranking
+      ──routing (SearchConfig.routing)──> the top p% (or a budget) of the candidates
+      ──fine similarity on those pairs──> fine scores mapped s/2 + 1/2
+      ──merge (SearchConfig.merge)──> ranking
+
+Merges: ``calibrated`` (default) puts the candidates that were not re-ranked on the fine scale too,
+with the index's coarse-to-fine map (:mod:`dns_tf.calibration`), so that one scale ranks them all;
+``paper`` leaves them at their raw coarse similarity, as the authors' ``evaluation_dns.py`` does.
+Routings: ``coarse`` (default) re-ranks the candidates with the highest coarse similarity;
+``selector`` those with the highest selector scores (the paper); ``selector_in_coarse`` the best by
+selector score among the coarse top ``ROUTING_POOL`` x as many as are re-ranked. On one scale,
+re-ranking the coarse top only ever lifts what the coarse student missed near the top; a selector
+trained on the students' raw disagreement mostly routes unrelated pairs (whose raw scores differ
+by the scales alone), and one that is noisy leaves relevant coarse top candidates out.
 
 The networks sit behind a small backend interface so that the same search runs in process
 (:class:`LocalBackend`, Keras models) or against a TF Serving endpoint (``serving.client``):
@@ -27,11 +37,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from concurrent import futures
 from typing import Protocol, Sequence
 
 import numpy as np
 
+from dns_tf.calibration import IndexCalibration, ScoreMap, fit_index_calibration
 from dns_tf.config import field
 from dns_tf.index.fine_store import pack_bits
 from dns_tf.index.store import VideoIndex
@@ -42,38 +54,99 @@ SEARCH_MODES = ("dns", "coarse", "fine")
 # Stored fine representations read per batch of fine similarities: memory stays bounded whatever
 # the size of the index or the kind of representation (float16 videos are 16x binary codes).
 FINE_CHUNK_BYTES = 256 * 2**20
+MERGES = ("calibrated", "paper")
+ROUTINGS = ("coarse", "selector_in_coarse", "selector")
+
+
+# selector_in_coarse: the selector chooses among this many times as many coarse top candidates
+# as it re-ranks (at least ROUTING_POOL_MIN).
+ROUTING_POOL = 2
+ROUTING_POOL_MIN = 10
 
 
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
-    """How a query is answered (defaults: DnS re-ranking 5% of the candidates, as in the paper)."""
+    """How a query is answered (defaults: DnS re-ranking 5% of the candidates, as in the paper,
+    the coarse top ones, merged on one scale; ``PAPER_SEARCH`` is the authors' protocol)."""
 
-    mode: str = field("dns", "dns: selector-routed re-ranking; coarse: S^c only; fine: S^f on "
-                             "every candidate", choices=SEARCH_MODES)
+    mode: str = field("dns", "dns: routed re-ranking; coarse: S^c only; fine: S^f on every "
+                             "candidate", choices=SEARCH_MODES)
     candidates: int = field(0, "coarse top-K candidates taken from the index (0: every video)")
     percentage: float = field(5.0, "share of the candidates re-ranked by the fine student, in %")
     budget: int = field(0, "re-rank exactly this many candidates instead of a percentage (0: off)")
     top: int = field(100, "results returned per query")
     segments: bool = field(False, "localise the copied segments (query and target seconds) of "
                                   "the re-ranked hits returned")
+    merge: str = field("calibrated", "calibrated: candidates not re-ranked are mapped onto the "
+                                     "fine scale (the index's calibration); paper: they keep "
+                                     "their raw coarse similarity", choices=MERGES)
+    routing: str = field("coarse", "which candidates the fine student re-ranks: coarse: the "
+                                   "coarse top; selector_in_coarse: the best by selector score "
+                                   f"among {ROUTING_POOL}x as many coarse top ones; selector: the "
+                                   "best by selector score (the paper)", choices=ROUTINGS)
+    min_score: float | None = field(None, "return only hits scoring at least this much")
+    matches_only: bool = field(False, "return only matches: hits at or above the match "
+                                      "threshold stored with the index (dns-tf calibrate)")
 
     def __post_init__(self):
         if self.mode not in SEARCH_MODES:
             raise ValueError(f"mode must be one of {SEARCH_MODES}, got {self.mode!r}")
+        if self.merge not in MERGES:
+            raise ValueError(f"merge must be one of {MERGES}, got {self.merge!r}")
+        if self.routing not in ROUTINGS:
+            raise ValueError(f"routing must be one of {ROUTINGS}, got {self.routing!r}")
         if not 0.0 <= self.percentage <= 100.0:
             raise ValueError(f"percentage must be within [0, 100], got {self.percentage}")
         if self.candidates < 0 or self.budget < 0 or self.top < 1:
             raise ValueError("candidates and budget must be >= 0 and top >= 1")
 
     def rerank_count(self, num_candidates: int) -> int:
-        """How many candidates the fine student re-ranks."""
+        """How many candidates the fine student re-ranks (the paper's merge counts as the
+        authors' evaluation does, ``int(p / 100 * n)``)."""
         if self.mode == "coarse":
             return 0
         if self.mode == "fine":
             return num_candidates
         if self.budget:
             return min(self.budget, num_candidates)
+        if self.merge == "paper":
+            return min(num_candidates, int(self.percentage / 100.0 * num_candidates))
         return min(num_candidates, math.floor(self.percentage * num_candidates / 100.0 + 1e-9))
+
+
+# The authors' protocol (evaluation_dns.py): selector routing over every candidate, raw coarse
+# similarities for the candidates that are not re-ranked.
+PAPER_SEARCH = SearchConfig(merge="paper", routing="selector")
+
+
+def route(routing: str, count: int, coarse: np.ndarray,
+          selector: np.ndarray | None) -> np.ndarray:
+    """Which ``count`` of N candidates the fine student re-ranks, as indices into them.
+
+    Args:
+        routing: one of ``ROUTINGS``.
+        count: how many to choose.
+        coarse: ``[N]`` coarse similarities.
+        selector: ``[N]`` selector scores (unused by ``coarse`` routing).
+    """
+    if routing not in ROUTINGS:
+        raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
+    count = min(int(count), len(coarse))
+    if count <= 0:
+        return np.zeros(0, np.int64)
+    by_coarse = np.argsort(-np.asarray(coarse), kind="stable")
+    if routing == "coarse":
+        return by_coarse[:count]
+    selector = np.asarray(selector)
+    if routing == "selector":
+        return np.argsort(-selector, kind="stable")[:count]
+    pool = by_coarse[:max(ROUTING_POOL * count, ROUTING_POOL_MIN)]
+    return pool[np.argsort(-selector[pool], kind="stable")[:count]]
+
+
+def uses_selector(config: SearchConfig) -> bool:
+    """Whether answering with ``config`` needs the selector's scores."""
+    return config.mode == "dns" and config.routing != "coarse"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,10 +161,16 @@ class IndexedVideos:
 
 @dataclasses.dataclass(frozen=True)
 class Hit:
+    """One result: ``score`` on the merge scale (see :class:`SearchConfig`), its raw
+    ``coarse_score``, whether the fine student ``reranked`` it, and ``is_match``: its score
+    against the match threshold stored with the index (None without one, or for a hit whose score
+    is a raw coarse similarity, i.e. not re-ranked under the paper's merge)."""
+
     video_id: str
     score: float
     coarse_score: float
     reranked: bool
+    is_match: bool | None = None
     # Copied segments (dns_tf.localization.Segment) of a re-ranked hit when the search localised
     # them; None when it did not.
     segments: tuple | None = None
@@ -120,20 +199,24 @@ class Ranking:
                 "seconds": {stage: round(value, 6) for stage, value in self.seconds.items()},
                 "hits": [{"rank": rank, "video_id": hit.video_id, "score": hit.score,
                           "coarse_score": hit.coarse_score, "reranked": hit.reranked,
+                          "is_match": hit.is_match,
                           **({} if hit.segments is None else
                              {"segments": [segment.as_dict() for segment in hit.segments]})}
                          for rank, hit in enumerate(self.hits, start=1)]}
 
     def format_table(self, name: str) -> str:
-        """A text table of the hits (``*``: re-ranked by the fine student) under a summary line."""
+        """A text table of the hits under a summary line (fine ``*``: re-ranked by the fine
+        student; match: yes/no against the index's match threshold, blank without one)."""
         milliseconds = 1000 * sum(self.seconds.values())
         width = max([len("video"), *(len(hit.video_id) for hit in self.hits)])
         lines = [f"query {name}: {self.num_candidates} candidates, {self.num_reranked} "
                  f"re-ranked, {milliseconds:.1f} ms",
-                 f"{'rank':>5}  {'video':<{width}}  {'score':>8}  {'coarse':>8}  fine"]
+                 f"{'rank':>5}  {'video':<{width}}  {'score':>8}  {'coarse':>8}  fine  match"]
         for rank, hit in enumerate(self.hits, start=1):
+            match = "" if hit.is_match is None else "yes" if hit.is_match else "no"
             lines.append(f"{rank:>5}  {hit.video_id:<{width}}  {hit.score:8.4f}  "
-                         f"{hit.coarse_score:8.4f}  {'*' if hit.reranked else ''}")
+                         f"{hit.coarse_score:8.4f}  {'*' if hit.reranked else ' ':>4}  "
+                         f"{match}".rstrip())
             lines += [f"{'':>5}  query {s.query_start:.1f}-{s.query_end:.1f} s = target "
                       f"{s.target_start:.1f}-{s.target_end:.1f} s  ({s.score:.3f})"
                       for s in hit.segments or ()]
@@ -277,6 +360,29 @@ class DnSRetriever:
         self.index = index
         self.backend = backend
         self.config = config
+        self.calibration = IndexCalibration.load(index.path)
+
+    def score_calibration(self) -> IndexCalibration | None:
+        """The index's score calibration. An index without a stored one (made before
+        calibration existed, or by hand) gets one fitted here, in memory, on first use; an index
+        of fewer than two videos has none (there is nothing to merge)."""
+        if self.calibration is None and len(self.index) >= 2:
+            warnings.warn(f"{self.index.path} stores no score calibration; fitting one in memory "
+                          f"(store it with 'dns-tf index calibrate')", stacklevel=2)
+            self.calibration = fit_index_calibration(self.index, self.backend)
+        return self.calibration
+
+    @property
+    def coarse_to_fine(self) -> ScoreMap | None:
+        """The coarse-to-fine map of :meth:`score_calibration` (None without one)."""
+        calibration = self.score_calibration()
+        return None if calibration is None else calibration.coarse_to_fine
+
+    @property
+    def match_threshold(self) -> float | None:
+        """The score from which a hit is a match (``dns-tf calibrate``), or None."""
+        threshold = None if self.calibration is None else self.calibration.threshold
+        return None if threshold is None else threshold.score
 
     def index_query(self, features: np.ndarray) -> IndexedVideos:
         """Indexes one query video ``[T, R, D]``."""
@@ -296,6 +402,10 @@ class DnSRetriever:
                        config: SearchConfig | None = None) -> Ranking:
         """Searches with row ``row`` of an already indexed batch of queries."""
         config = config or self.config
+        threshold = self.match_threshold
+        if config.matches_only and threshold is None:
+            raise ValueError(f"{self.index.path} stores no match threshold; fit one with "
+                             f"'dns-tf calibrate' or drop matches_only")
         seconds = {}
         clock = time.perf_counter()
         if len(self.index) == 0:
@@ -306,19 +416,23 @@ class DnSRetriever:
         else:
             scores, ids = self.index.coarse_scores_all(query.coarse[row:row + 1])
             coarse = scores[0]
+        count = config.rerank_count(len(ids))
+        # Only candidates left out of the re-ranking need the coarse-to-fine map.
+        coarse_to_fine = (self.coarse_to_fine
+                          if config.merge == "calibrated" and count < len(ids) else None)
+        final = np.array(coarse if coarse_to_fine is None else coarse_to_fine(coarse), np.float32)
         seconds["coarse"] = time.perf_counter() - clock
 
-        count = config.rerank_count(len(ids))
-        final = np.array(coarse, np.float32)
         chosen = np.zeros(0, int)
         if count:
             clock = time.perf_counter()
             if config.mode == "fine":
                 chosen = np.arange(len(ids))
             else:
-                routing = self.routing_scores(query.selector[row],
-                                              self.index.selector_scores(ids), coarse)
-                chosen = np.argsort(-routing, kind="stable")[:count]
+                routing = (self.routing_scores(query.selector[row],
+                                               self.index.selector_scores(ids), coarse)
+                           if uses_selector(config) else None)
+                chosen = route(config.routing, count, coarse, routing)
             seconds["selector"] = time.perf_counter() - clock
             clock = time.perf_counter()
             fine = self.fine_scores(query.fine[row], [ids[i] for i in chosen])
@@ -326,8 +440,18 @@ class DnSRetriever:
             seconds["fine"] = time.perf_counter() - clock
         reranked = np.zeros(len(ids), bool)
         reranked[chosen] = True
-        order = np.argsort(-final, kind="stable")[:config.top]
-        hits = [Hit(ids[i], float(final[i]), float(coarse[i]), bool(reranked[i])) for i in order]
+        # Under the paper's merge a hit not re-ranked carries a raw coarse similarity, which is
+        # not on the threshold's (fine) scale: it is not judged, and not a match.
+        judged = reranked | (coarse_to_fine is not None)
+        order = np.argsort(-final, kind="stable")
+        if config.min_score is not None:
+            order = order[final[order] >= config.min_score]
+        if config.matches_only:
+            order = order[judged[order] & (final[order] >= threshold)]
+        order = order[:config.top]
+        hits = [Hit(ids[i], float(final[i]), float(coarse[i]), bool(reranked[i]),
+                    None if threshold is None or not judged[i] else bool(final[i] >= threshold))
+                for i in order]
         if config.segments:
             clock = time.perf_counter()
             hits = localize_hits(hits, query.fine[row], self.index, self.backend)
@@ -426,7 +550,8 @@ class ShardedRetriever:
 
     A collection too large for one disk or one machine is indexed into shards (each a
     :class:`VideoIndex`, e.g. videos assigned by a hash of their id). The query is indexed once,
-    every shard answers it in its own thread, and the hits are merged by score. Coarse-only and
+    every shard answers it in its own thread, and the hits are merged by score, every shard on the
+    first shard's score calibration. Coarse-only and
     fine-only rankings equal those of one index holding every video. In DnS mode each shard routes
     its own top ``percentage`` of candidates (or its own ``budget``) to the fine student, so with
     shards of similar size the share re-ranked matches one index's.
@@ -439,6 +564,11 @@ class ShardedRetriever:
         if not retrievers:
             raise ValueError("a sharded retriever needs at least one shard")
         self.retrievers = list(retrievers)
+        # One scale for every shard: the first shard's calibration (its coarse-to-fine map and
+        # match threshold) describes the collection; per-shard maps would merge shards unevenly.
+        shared = self.retrievers[0].score_calibration()
+        for retriever in self.retrievers[1:]:
+            retriever.calibration = shared
 
     def search(self, features: np.ndarray, config: SearchConfig | None = None) -> Ranking:
         """Searches every shard with one query video's region features ``[T, R, D]``."""

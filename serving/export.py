@@ -41,6 +41,14 @@ Serving's ``--enable_batching`` requires):
     string [B]: the networks' weight fingerprints (:mod:`dns_tf.models.fingerprint`), which
     indexes record and clients check.
 
+    ``calibrate``: ``scores`` float32 [B, N], ``knots_x`` float32 [B, K], ``knots_y`` float32
+    [B, K] -> ``calibrated`` float32 [B, N]: the piecewise-linear map through the knots (end values
+    outside them), i.e. an index's coarse-to-fine map (``<index>/calibration.json``,
+    ``coarse_to_fine.x`` / ``.y``) applied to coarse similarities, so that they merge with fine
+    ones (``fine / 2 + 1/2``) on one scale. The knots are inputs because they belong to the index
+    (refitted when it grows), not to the networks; maps of different lengths share a batch by
+    repeating their last knot.
+
 ``dns_features``
     ``features`` (also ``serving_default``): ``frames`` uint8 [T, S, S, 3] (S: the export's frame
     size, 224) -> ``features`` float32 [T, R, D].
@@ -204,6 +212,10 @@ class DnSModule(tf.Module):
                              "selector": fingerprint(selector)}
         self.model_identity = tf.function(self._model_identity, input_signature=[
             tf.TensorSpec([None], tf.int32, name="batch")])
+        self.calibrate = tf.function(self._calibrate, input_signature=[
+            tf.TensorSpec([None, None], tf.float32, name="scores"),
+            tf.TensorSpec([None, None], tf.float32, name="knots_x"),
+            tf.TensorSpec([None, None], tf.float32, name="knots_y")])
 
     def serving_signatures(self) -> dict:
         return {"serving_default": self.index, "index": self.index,
@@ -211,7 +223,8 @@ class DnSModule(tf.Module):
                 "frame_to_frame": self.frame_to_frame,
                 "selector_scores": self.selector_scores,
                 "coarse_similarity": self.coarse_similarity,
-                "model_identity": self.model_identity}
+                "model_identity": self.model_identity,
+                "calibrate": self.calibrate}
 
     def _to_stored(self, fine):
         return pack_codes(fine) if self.bits else tf.cast(fine, tf.float16)
@@ -275,6 +288,23 @@ class DnSModule(tf.Module):
         # The networks' weight fingerprints, so clients and indexes can tell exports apart.
         return {network: tf.fill(tf.shape(batch), value)
                 for network, value in self.fingerprints.items()}
+
+    def _calibrate(self, scores, knots_x, knots_y):
+        checks = [tf.debugging.assert_greater_equal(tf.shape(knots_x)[1], 2,
+                                                    message="a score map needs >= 2 knots"),
+                  tf.debugging.assert_equal(tf.shape(knots_x), tf.shape(knots_y),
+                                            message="knots_x and knots_y differ in shape")]
+        with tf.control_dependencies(checks):
+            last = tf.shape(knots_x)[1] - 1
+        # The segment [x[i-1], x[i]] of each score; scores outside the knots use the end segment
+        # with the weight clipped to it, which gives the end value (as np.interp).
+        upper = tf.clip_by_value(tf.searchsorted(knots_x, scores, side="right"), 1, last)
+        x0, x1 = (tf.gather(knots_x, i, batch_dims=1) for i in (upper - 1, upper))
+        y0, y1 = (tf.gather(knots_y, i, batch_dims=1) for i in (upper - 1, upper))
+        # A zero-width segment (maps of different lengths in one batch, padded by repeating
+        # their last knot) has equal end values: any weight gives them.
+        weight = tf.clip_by_value(tf.math.divide_no_nan(scores - x0, x1 - x0), 0.0, 1.0)
+        return {"calibrated": y0 + weight * (y1 - y0)}
 
 
 class FeaturesModule(tf.Module):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from dns_tf.calibration import fit_coarse_to_fine
 from dns_tf.cli import main as cli_main
 from dns_tf.features.extractor import FeatureExtractor
 from dns_tf.index.fine_store import pack_bits, unpack_bits
@@ -41,6 +42,8 @@ DNS_SIGNATURES = {
                           {"similarity": (F32, [None, None])}),
     "model_identity": ({"batch": (I32, [None])},
                        {name: (tf.string, [None]) for name in ("coarse", "fine", "selector")}),
+    "calibrate": ({"scores": (F32, [None, None]), "knots_x": (F32, [None, None]),
+                   "knots_y": (F32, [None, None])}, {"calibrated": (F32, [None, None])}),
 }
 FEATURES_SIGNATURE = ({"frames": (U8, [None, 224, 224, 3])}, {"features": (F32, [None, 9, 512])})
 TEACHER_SIGNATURE = ({"query": (F32, [None, None, None, 3840]), "query_length": (I32, [None]),
@@ -224,6 +227,30 @@ def test_selector_and_coarse_similarity_match_reference(loaded, networks, parity
     got = run(loaded["dns"], "coarse_similarity", query=parity["cg.query_index"],
               targets=parity["cg.index"][None])
     np.testing.assert_allclose(got["similarity"], parity["cg.similarity"], atol=1e-5)
+
+
+def test_calibrate_equals_the_in_process_score_map(loaded, parity):
+    """The served coarse-to-fine map gives the retriever's numbers: two maps fitted (isotonic
+    and quantile) on the reference coarse similarities against a fine-like monotone-plus-noise
+    target, applied to those similarities, to the knots themselves and past both ends."""
+    rng = np.random.default_rng(3)
+    coarse = np.asarray(parity["cg.similarity"], np.float64).ravel()
+    coarse = np.concatenate([coarse, rng.uniform(-0.2, 0.9, 300)])
+    fine = 0.5 + 0.4 * np.clip(coarse, 0, None) ** 2 + rng.normal(0, 0.03, coarse.size)
+    maps = [fit_coarse_to_fine(coarse, fine, method) for method in ("isotonic", "quantile")]
+    width = max(len(m.x) for m in maps)
+    # Batch-major knots: the shorter map is padded by repeating its last knot (zero-width
+    # segments past the end still give the end value).
+    knots_x = np.stack([np.pad(m.x, (0, width - len(m.x)), mode="edge") for m in maps])
+    knots_y = np.stack([np.pad(m.y, (0, width - len(m.y)), mode="edge") for m in maps])
+    scores = np.concatenate([coarse, maps[0].x, maps[1].x, [-3.0, 3.0]]).astype(np.float32)
+    scores = np.stack([scores, scores[::-1]])
+    got = run(loaded["dns"], "calibrate", scores=scores, knots_x=knots_x.astype(np.float32),
+              knots_y=knots_y.astype(np.float32))["calibrated"]
+    for row, score_map in enumerate(maps):
+        np.testing.assert_allclose(got[row], score_map(scores[row]), atol=1e-5)
+    # Monotone up to float32 rounding at the knots.
+    assert np.all(np.diff(got[0][np.argsort(scores[0], kind="stable")]) >= -1e-6)
 
 
 def test_teacher_pairs_match_keras_and_reference(loaded, networks, parity):

@@ -254,13 +254,28 @@ def test_remove_and_stats(tmp_path, capsys, networks, features_h5):
     assert stats["searcher_kind"] == "brute_force"
 
 
-def test_evaluate_index_reports_coarse_fine_and_dns(tmp_path, capsys, filled_index, features_h5):
-    path, database = filled_index
+def write_annotations(tmp_path, database):
     annotation = {"5k": {"queries": QUERIES, "database": database + ["never_extracted"]},
                   "annotation": {query: {"ND": [f"d{i}_0"], "DS": [f"d{i}_1"]}
                                  for i, query in enumerate(QUERIES)}}
     annotations = tmp_path / "fivr.pickle"
     annotations.write_bytes(pickle.dumps(annotation))
+    return annotations
+
+
+def test_add_stores_the_score_calibration(filled_index):
+    path, database = filled_index
+    calibration = json.loads((path / "calibration.json").read_text())
+    n = len(database)
+    assert calibration["fitted_on"] == {"videos": n, "pairs": n * (n - 1) // 2,
+                                        "method": "isotonic", "seed": 0}
+    assert calibration["threshold"] is None
+    assert np.all(np.diff(calibration["coarse_to_fine"]["x"]) > 0)
+
+
+def test_evaluate_index_reports_both_merges(tmp_path, capsys, filled_index, features_h5):
+    path, database = filled_index
+    annotations = write_annotations(tmp_path, database)
     plot = tmp_path / "sweep.png"
     code, out, err = run(capsys, "evaluate", "--dataset", "FIVR-5K", "--annotations", annotations,
                          "--index", path, "--features", features_h5, "--percentages", "0", "50",
@@ -268,19 +283,56 @@ def test_evaluate_index_reports_coarse_fine_and_dns(tmp_path, capsys, filled_ind
     assert code == 0, err
     result = json.loads(out)
     assert result["queries"] == 2 and result["available"] == len(database)
-    rows = {(row["method"], row["percentage"]): row for row in result["rows"]}
-    assert set(rows) == {("coarse-only", None), ("fine-only", None), ("DnS", 0.0),
-                         ("DnS", 50.0), ("DnS", 100.0)}
-    assert rows["DnS", 0.0]["metrics"] == rows["coarse-only", None]["metrics"]
-    assert rows["DnS", 100.0]["metrics"] == rows["fine-only", None]["metrics"]
-    assert set(rows["DnS", 50.0]["metrics"]) == {"DSVR", "CSVR", "ISVR"}
     seconds = result["seconds_per_query"]
     assert seconds["fine"] > 0 and seconds["coarse"] > 0
-    assert rows["fine-only", None]["seconds_per_query"] == pytest.approx(seconds["fine"])
-    assert rows["DnS", 50.0]["seconds_per_query"] == pytest.approx(
-        seconds["coarse"] + seconds["selector"] + seconds["fine"] / 2)
-    assert rows["fine-only", None]["kb_per_video"] > rows["coarse-only", None]["kb_per_video"]
+    for name in ("sweep", "sweep_paper"):
+        rows = {(row["method"], row["percentage"]): row for row in result[name]}
+        assert set(rows) == {("coarse-only", None), ("fine-only", None), ("DnS", 0.0),
+                             ("DnS", 50.0), ("DnS", 100.0)}
+        assert rows["DnS", 0.0]["metrics"] == rows["coarse-only", None]["metrics"]
+        assert rows["DnS", 100.0]["metrics"] == rows["fine-only", None]["metrics"]
+        assert set(rows["DnS", 50.0]["metrics"]) == {"DSVR", "CSVR", "ISVR"}
+        assert rows["fine-only", None]["seconds_per_query"] == pytest.approx(seconds["fine"])
+        # The default routing re-ranks the coarse top without running the selector.
+        selector = seconds["selector"] if name == "sweep_paper" else 0.0
+        assert rows["DnS", 50.0]["seconds_per_query"] == pytest.approx(
+            seconds["coarse"] + selector + seconds["fine"] / 2)
+        assert rows["fine-only", None]["kb_per_video"] > rows["coarse-only", None]["kb_per_video"]
     assert plot.stat().st_size > 10_000
+    code, out, _ = run(capsys, "evaluate", "--dataset", "FIVR-5K", "--annotations", annotations,
+                       "--index", path, "--features", features_h5, "--percentages", "0", "50")
+    assert code == 0 and "Default search (merge calibrated" in out and "Paper (merge paper" in out
+
+
+def test_calibrate_stores_a_threshold_that_search_uses(tmp_path, capsys, filled_index,
+                                                       features_h5):
+    import shutil
+
+    path = tmp_path / "calibrated.idx"
+    shutil.copytree(filled_index[0], path)
+    annotations = write_annotations(tmp_path, filled_index[1])
+    plot = tmp_path / "pr.png"
+    code, out, err = run(capsys, "calibrate", "--index", path, "--features", features_h5,
+                         "--dataset", "fivr-5k", "--annotations", annotations,
+                         "--target_precision", "0.5", "--plot", plot, "--json")
+    assert code == 0, err
+    threshold = json.loads(out)
+    # 2 queries x 14 database videos, 2 near-duplicates (ND, DS) each.
+    assert (threshold["pairs"], threshold["positives"]) == (28, 4)
+    assert threshold["precision"] >= 0.5 and threshold["target_precision"] == 0.5
+    stored = json.loads((path / "calibration.json").read_text())["threshold"]
+    assert stored == threshold
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, out, _ = run(capsys, "index", "search", path, "--features", features_h5, "--query",
+                       "q0", "--matches_only", "--json")
+    hits = json.loads(out)["queries"][0]["hits"]
+    assert hits and all(hit["is_match"] and hit["score"] >= threshold["score"] for hit in hits)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["calibrate", "--index", str(path), "--features", str(features_h5), "--dataset",
+              "fivr-5k", "--annotations", str(annotations), "--target_precision", "1.5"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "dns-tf calibrate: error: --target_precision must be in (0, 1], got 1.5")
 
 
 def test_evaluate_needs_similarities_or_an_index(capsys, tmp_path):

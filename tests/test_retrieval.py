@@ -1,5 +1,7 @@
 """DnS retrieval end to end on a small index: coarse candidates, selector, fine re-ranking."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -86,8 +88,12 @@ def test_dns_at_100_percent_is_the_fine_ranking(retriever, collection):
 def test_dns_at_0_percent_is_the_coarse_ranking(retriever, collection):
     dns = search(retriever, collection[0], mode="dns", percentage=0)
     coarse = search(retriever, collection[0], mode="coarse")
-    assert dns.ids == coarse.ids and dns.num_reranked == 0
-    np.testing.assert_array_equal(dns.scores, [hit.coarse_score for hit in coarse.hits])
+    paper = search(retriever, collection[0], mode="dns", percentage=0, merge="paper")
+    assert dns.ids == coarse.ids == paper.ids and dns.num_reranked == 0
+    raw = np.array([hit.coarse_score for hit in coarse.hits])
+    # The paper's merge keeps raw coarse scores; the calibrated one maps them onto the fine scale.
+    np.testing.assert_array_equal(paper.scores, raw)
+    np.testing.assert_allclose(dns.scores, retriever.coarse_to_fine(raw), atol=1e-6)
     assert not any(hit.reranked for hit in dns.hits)
 
 
@@ -102,20 +108,100 @@ def test_fine_scores_are_the_students_similarity_of_each_pair(retriever, backend
         assert hit.score == pytest.approx(expected / 2 + 0.5, abs=1e-5)
 
 
+def selector_routing(retriever, backend, query_features):
+    query = retriever.index_query(query_features)
+    coarse_scores, ids = retriever.index.coarse_scores_all(query.coarse)
+    mlp_input = np.stack([np.full(len(ids), query.selector[0]),
+                          retriever.index.selector_scores(ids), coarse_scores[0]], 1)
+    return ids, coarse_scores[0], backend.selector_scores(mlp_input)
+
+
 def test_budget_reranks_the_selectors_top_choices(retriever, backend, collection):
-    ranking = search(retriever, collection[0], mode="dns", budget=7)
+    ranking = search(retriever, collection[0], mode="dns", budget=7, routing="selector",
+                     merge="paper")
     assert ranking.num_reranked == 7
     reranked = {hit.video_id for hit in ranking.hits if hit.reranked}
     assert len(reranked) == 7
     # They are the 7 pairs the selector scores highest.
-    query = retriever.index_query(collection[0])
-    coarse_scores, ids = retriever.index.coarse_scores_all(query.coarse)
-    mlp_input = np.stack([np.full(len(ids), query.selector[0]),
-                          retriever.index.selector_scores(ids), coarse_scores[0]], 1)
-    routing = backend.selector_scores(mlp_input)
+    ids, _, routing = selector_routing(retriever, backend, collection[0])
     assert reranked == {ids[i] for i in np.argsort(-routing, kind="stable")[:7]}
     # The others keep their coarse score.
     assert all(hit.score == hit.coarse_score for hit in ranking.hits if not hit.reranked)
+
+
+def test_routings_choose_from_the_coarse_top(retriever, backend, collection):
+    ids, coarse, routing = selector_routing(retriever, backend, collection[0])
+    by_coarse = np.argsort(-coarse, kind="stable")
+    for budget in (3, 7):
+        chosen = {name: {hit.video_id for hit in search(
+            retriever, collection[0], budget=budget, routing=name).hits if hit.reranked}
+            for name in ("coarse", "selector_in_coarse")}
+        assert chosen["coarse"] == {ids[i] for i in by_coarse[:budget]}
+        # The selector's best among the coarse top max(2 x budget, 10).
+        pool = by_coarse[:max(2 * budget, 10)]
+        assert chosen["selector_in_coarse"] == {
+            ids[i] for i in pool[np.argsort(-routing[pool], kind="stable")[:budget]]}
+
+
+def test_calibrated_merge_puts_coarse_scores_on_the_fine_scale(retriever, collection):
+    ranking = search(retriever, collection[0], percentage=25, routing="coarse")
+    assert ranking.num_reranked == 10
+    for hit in ranking.hits:
+        if not hit.reranked:
+            assert hit.score == pytest.approx(float(retriever.coarse_to_fine(hit.coarse_score)),
+                                              abs=1e-6)
+    scores = ranking.scores
+    assert np.all(scores[:-1] >= scores[1:])
+    # The map was fitted here, in memory (the index stores none), on all 780 pairs of its 40
+    # videos.
+    assert not os.path.exists(os.path.join(retriever.index.path, "calibration.json"))
+    assert retriever.calibration.fitted_on == {"videos": 40, "pairs": 780,
+                                               "method": "isotonic", "seed": 0}
+
+
+def test_sweep_matrices_give_the_searches_scores(retriever, collection):
+    """dns_similarities on database_scores' matrices equals what search returns, for every merge
+    and routing (the demo's sweep is the searches' answer)."""
+    from dns_tf.evaluation.sweep import dns_similarities
+
+    query, videos = collection
+    database = sorted(videos)
+    scores = retriever.database_scores([query], database)
+    for merge in ("calibrated", "paper"):
+        for routing in ("selector_in_coarse", "coarse", "selector"):
+            config = SearchConfig(top=NUM_VIDEOS, percentage=20, merge=merge, routing=routing)
+            ranking = retriever.search(query, config)
+            matrix = dns_similarities(scores.coarse, scores.fine, scores.selector, config,
+                                      retriever.coarse_to_fine, scores.available)
+            got = {video: matrix[0, column] for column, video in enumerate(database)}
+            for hit in ranking.hits:
+                assert got[hit.video_id] == pytest.approx(hit.score, abs=1e-5), (merge, routing)
+
+
+def test_match_threshold_filters_and_marks_hits(tmp_path, backend, collection):
+    from dns_tf.calibration import IndexCalibration, MatchThreshold, fit_index_calibration
+
+    query, videos = collection
+    with build_index(tmp_path / "index", backend, dict(list(videos.items())[:12])) as index:
+        retriever = DnSRetriever(index, backend)
+        with pytest.raises(ValueError, match="no match threshold"):
+            retriever.search(query, SearchConfig(matches_only=True))
+        everything = retriever.search(query, SearchConfig(mode="fine"))
+        assert all(hit.is_match is None for hit in everything.hits)
+        threshold = float(np.median(everything.scores))
+        calibration = fit_index_calibration(index, backend)
+        IndexCalibration(calibration.coarse_to_fine, calibration.fitted_on,
+                         MatchThreshold(threshold, 0.9, 0.9, 0.5, 10, 5)).save(index.path)
+        retriever = DnSRetriever(index, backend)
+        marked = retriever.search(query, SearchConfig(mode="fine"))
+        assert [hit.is_match for hit in marked.hits] == [s >= threshold for s in marked.scores]
+        matches = retriever.search(query, SearchConfig(mode="fine", matches_only=True))
+        assert matches.ids == [hit.video_id for hit in marked.hits if hit.is_match]
+        above = retriever.search(query, SearchConfig(mode="fine", min_score=0.6))
+        assert above.ids == [hit.video_id for hit in marked.hits if hit.score >= 0.6]
+        # Under the paper's merge a hit not re-ranked has a raw coarse score: not judged.
+        paper = retriever.search(query, SearchConfig(percentage=25, merge="paper"))
+        assert all((hit.is_match is None) == (not hit.reranked) for hit in paper.hits)
 
 
 def test_percentage_is_a_share_of_the_candidates(retriever, collection):
@@ -203,3 +289,23 @@ def test_videos_shorter_than_the_comparator_needs_index_and_search_in_every_mode
             target = unpack_bits(index.get(hit.video_id).fine)
             expected = float(np.asarray(student.calculate_video_similarity(fine_query, target))[0, 0])
             assert hit.score == pytest.approx(expected / 2 + 0.5, abs=1e-5), hit.video_id
+
+
+def test_calibration_samples_neighbours_and_random_pairs_of_a_large_index(retriever):
+    from dns_tf.calibration import CalibrationConfig, sample_database_pairs
+
+    index = retriever.index
+    config = CalibrationConfig(max_pairs=200, neighbours=4, seed=1)
+    pairs = sample_database_pairs(index, config)
+    # 25 sampled videos (200 // (2 x 4)), each with 4 nearest neighbours and 4 random others.
+    assert len(pairs) <= 200 and len(set(pairs)) == len(pairs)
+    assert all(a < b and a in index and b in index for a, b in pairs)
+    anchors = {video for pair in pairs for video in pair}
+    coarse = {video: index.get(video).coarse for video in index.ids()}
+    with_nearest = 0
+    for anchor in anchors:
+        others = sorted((v for v in coarse if v != anchor),
+                        key=lambda v: -float(coarse[anchor] @ coarse[v]))
+        with_nearest += tuple(sorted((anchor, others[0]))) in pairs
+    assert with_nearest >= 25
+    assert sample_database_pairs(index, config) == pairs  # seeded

@@ -23,12 +23,18 @@ def single_and_sharded(tmp_path_factory, backend, collection):  # noqa: F811
 @pytest.mark.parametrize("mode", ["coarse", "fine"])
 def test_sharded_ranking_equals_one_index(single_and_sharded, collection, mode):  # noqa: F811
     single, sharded = single_and_sharded
-    config = SearchConfig(mode=mode, top=15)
+    config = SearchConfig(mode=mode, top=15, merge="paper")
     expected = single.search(collection[0], config)
     got = sharded.search(collection[0], config)
     assert got.ids == expected.ids
     np.testing.assert_allclose(got.scores, expected.scores, atol=1e-6)
     assert got.num_candidates == expected.num_candidates == len(collection[1])
+    # Calibrated, every shard maps coarse scores with the first shard's map: one monotone map,
+    # so the ranking stays the one index's.
+    calibrated = sharded.search(collection[0], SearchConfig(mode=mode, top=15))
+    assert calibrated.ids == expected.ids
+    shared = sharded.retrievers[0].calibration
+    assert all(shard.calibration is shared for shard in sharded.retrievers)
 
 
 def test_each_shard_reranks_its_share(single_and_sharded, collection):  # noqa: F811

@@ -18,7 +18,8 @@ from dns_tf.evaluation.datasets import FIVR
 from dns_tf.features.video import load_video, probe_video
 
 TINY = vc.CollectionConfig(seed=0, num_queries=2, near_duplicates=3, duplicate_scenes=3,
-                           num_distractors=2, seconds=3, width=96, height=64, fps=10)
+                           inserted_copies=2, siblings=1, num_distractors=2, seconds=3,
+                           host_seconds=8, width=96, height=64, fps=10)
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +34,14 @@ def _digests(root):
 
 
 def test_every_video_decodes_with_its_planned_duration(tiny):
-    assert len(tiny.videos) == 2 + 2 + 2 * (3 + 3)
+    assert len(tiny.videos) == 2 + 2 + 2 * (1 + 3 + 3 + 2)
     for video_id, video in tiny.videos.items():
         info = probe_video(video.path)
         assert info["duration"] == pytest.approx(video.duration, abs=1.5 / TINY.fps), video_id
         frames = load_video(video.path, fps=1, resize=64, crop=64)
         assert frames.shape[1:] == (64, 64, 3)
         assert len(frames) == math.ceil(info["duration"] - 1e-6), video_id
-        if video.role == "query" or video.id.startswith("d"):
+        if video.role == "query" or video.id.startswith("d") or "_sib" in video.id:
             assert (info["width"], info["height"], info["fps"]) == (96, 64, 10)
 
 
@@ -53,12 +54,20 @@ def test_labels_follow_how_each_video_was_made(tiny):
         by_label = {label: sorted(v for v, value in truth[query].items() if value == label)
                     for label in vc.LABELS}
         assert by_label["ND"] == [f"{query}_nd{i}" for i in range(3)]
-        assert by_label["DS"] == [f"{query}_ds{i}" for i in range(3)]
+        assert by_label["DS"] == sorted([f"{query}_ds{i}" for i in range(3)]
+                                        + [f"{query}_in{i}" for i in range(2)])
+        assert f"{query}_sib0" in by_label["unrelated"]
         for video_id in by_label["ND"] + by_label["DS"]:
             assert tiny.videos[video_id].source == query
         # Each kind of partial copy occurs once per query with three DS videos.
-        kinds = {tiny.videos[v].transforms[0]["name"] for v in by_label["DS"]}
+        kinds = {tiny.videos[f"{query}_ds{i}"].transforms[0]["name"] for i in range(3)}
         assert kinds == {"trim", "splice", "picture_in_picture"}
+        for i in range(2):  # a short copy in a long video
+            inserted = tiny.videos[f"{query}_in{i}"]
+            assert inserted.transforms[0]["name"] == "inserted_copy"
+            assert inserted.duration == TINY.host_seconds
+            (segment,) = inserted.segments
+            assert segment["query_end"] - segment["query_start"] <= 0.4 * TINY.seconds
     description = json.loads((tiny.root / "collection.json").read_text())
     assert description["labels"] == truth
 
@@ -117,6 +126,88 @@ def _block_mean(frames, block):
     t, h, w, c = frames.shape
     h, w = h // block * block, w // block * block
     return frames[:, :h, :w].reshape(t, h // block, block, w // block, block, c).mean(axis=(2, 4))
+
+
+# Edits that move pixels around: frames cannot be compared in place (mirroring is undone).
+_GEOMETRIC = {"crop", "scale", "border", "picture_in_picture"}
+
+
+def _luma_patterns(path, mirrored=False):
+    """Per frame at the collection's rate: 4x4-block luma, zero mean, unit norm. Correlations of
+    these survive hue, contrast, noise and blur, not a wrong time."""
+    luma = _frames(path) @ np.array([0.299, 0.587, 0.114])
+    if mirrored:
+        luma = luma[:, :, ::-1]
+    t, h, w = luma.shape
+    blocks = luma[:, :h // 4 * 4, :w // 4 * 4].reshape(t, h // 4, 4, w // 4, 4).mean(axis=(2, 4))
+    blocks = blocks.reshape(t, -1) - blocks.reshape(t, -1).mean(axis=1, keepdims=True)
+    return blocks / (np.linalg.norm(blocks, axis=1, keepdims=True) + 1e-9)
+
+
+def test_segments_record_where_each_copy_sits(tiny):
+    segments = tiny.segments()
+    assert json.loads((tiny.root / "segments.json").read_text()) == segments
+    copies = {v for q, labels in tiny.ground_truth().items() for v, label in labels.items()
+              if label != "unrelated"}
+    assert {s["target"] for s in segments} == copies
+    checked = set()
+    for segment in segments:
+        target = tiny.videos[segment["target"]]
+        assert segment["query"] == target.source
+        assert 0 <= segment["query_start"] < segment["query_end"] <= TINY.seconds + 1e-6
+        assert 0 <= segment["target_start"] < segment["target_end"] <= target.duration + 0.1
+        names = {edit["name"] for edit in target.transforms}
+        if names & _GEOMETRIC:
+            continue
+        # Frame i of the query at time i / fps sits at the mapped time of the target.
+        query = _luma_patterns(tiny.path(segment["query"]))
+        video = _luma_patterns(target.path, mirrored="hflip" in names)
+        rate = ((segment["target_end"] - segment["target_start"])
+                / (segment["query_end"] - segment["query_start"]))
+        rows = np.arange(round(segment["query_start"] * TINY.fps),
+                         round(segment["query_end"] * TINY.fps))
+        mapped = np.round((segment["target_start"]
+                           + (rows / TINY.fps - segment["query_start"]) * rate) * TINY.fps)
+        mapped = np.minimum(mapped.astype(int), len(video) - 1)
+
+        def correlation(shift):
+            columns = mapped + shift
+            inside = (columns >= 0) & (columns < len(video))
+            return (query[rows[inside]] * video[columns[inside]]).sum(axis=1).mean()
+
+        assert correlation(0) > 0.85, (segment, correlation(0))
+        for wrong in (-TINY.fps, TINY.fps):  # a second off: clearly worse
+            if 0 <= mapped[0] + wrong and mapped[-1] + wrong < len(video):
+                assert correlation(wrong) < correlation(0) - 0.3, (segment, wrong)
+        checked |= names
+    # Whole videos, trims or splices, long videos, mirrored, re-timed: all were checked.
+    assert {"splice", "inserted_copy", "hflip", "frame_rate"} <= checked, checked
+
+
+def test_speed_changes_scale_the_target_span():
+    plans = vc.plan_collection(vc.CollectionConfig(**{**vars(TINY), "near_duplicates": 12}))
+    speeds = 0
+    for plan in plans:
+        edit = next((edit for edit in plan.transforms if edit.get("name") == "speed"), None)
+        if edit is not None:
+            (segment,) = plan.segments
+            assert segment["target_end"] == pytest.approx(TINY.seconds / edit["speed"])
+            assert plan.duration == pytest.approx(TINY.seconds / edit["speed"], abs=0.5 / TINY.fps)
+            speeds += 1
+    assert speeds > 0
+
+
+def test_siblings_share_their_querys_look_not_its_content():
+    plans = {p.id: p for p in vc.plan_collection(TINY)}
+    query, sibling, other = plans["q000"], plans["q000_sib0"], plans["q001"]
+    assert sibling.role == "database" and sibling.source == "q000_sib0"
+    scenes = [scene["name"] for scene in query.transforms]
+    assert [scene["name"] for scene in sibling.transforms] == scenes
+    assert [scene["name"] for scene in other.transforms] != scenes
+    for mine, theirs in zip(query.transforms, sibling.transforms):
+        hue = [part for part in mine["filter"].split(",") if part.startswith("hue=")]
+        assert hue and all(part in theirs["filter"].split(",") for part in hue)
+        assert mine["filter"] != theirs["filter"]
 
 
 def test_near_duplicates_differ_from_their_source_but_stay_closer_than_unrelated(tiny):
@@ -179,7 +270,7 @@ def _ffmpeg_accepts(graph: str, inputs: int = 0) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("name", sorted(vc._GENERATORS))
 def test_every_scene_generator_renders(name):
-    scene = vc._scene(random.Random(name), TINY, name, 3, "v")
+    scene = vc._scene(random.Random(name), random.Random(1), TINY, name, 3, "v")
     result = _ffmpeg_accepts(scene["filter"])
     assert result.returncode == 0, result.stderr
 
@@ -227,6 +318,6 @@ def test_cli_generate_videos(tiny, capsys):
     flags = [f"--{name}={value}" for name, value in vars(TINY).items()]
     args = parser.parse_args(["generate-videos", str(tiny.root), "--quiet", *flags])
     assert args.func(args) == 0
-    assert "16 videos" in capsys.readouterr().out
+    assert "22 videos" in capsys.readouterr().out
     bad = parser.parse_args(["generate-videos", str(tiny.root), "--width", "95"])
     assert bad.func(bad) == 2

@@ -7,14 +7,22 @@ Every video is an H.264 MP4 written by the ``ffmpeg`` binary of imageio-ffmpeg:
   plates, Sierpinski fractals, plasma) with random parameters, a slow pan over a larger rendering,
   a hue rotation and a moving box, so that no two sources look alike. Sources are the **queries**
   and the unrelated **distractors**.
+- **siblings** of each query (hard distractors, unrelated to it): sources with the query's *look*
+  (the same generators in the same order, palettes, colours, rules, hue) and other *content*
+  (seeds, places, zooms, paths), as videos of one event from another camera in FIVR.
 - **near-duplicates (ND)** of each query: the whole video under two or three real edits (crop,
   rescale, mirror, colour shifts, blur, noise, a logo, a frame border, speed or frame rate change)
   and a re-encode at a random quality (low bitrates included).
 - **duplicate scenes (DS)** of each query: part of it only: a trimmed segment, a segment spliced
-  with a segment of another video, or the query as a picture-in-picture over another video.
+  with a segment of another video (a partial overlap), the query as a picture-in-picture over
+  another video, and **inserted copies**: a few seconds of the query cut into a long video of
+  unrelated footage (pieces of distractors and of other queries' siblings), where a global
+  descriptor is mostly the unrelated footage and only frame-level matching finds the copy.
 
 The labels follow FIVR's: for each query, every database video is ``"ND"``, ``"DS"`` or
-``"unrelated"``. Queries are not part of the database (as in FIVR-5K).
+``"unrelated"``. Queries are not part of the database (as in FIVR-5K). ``segments.json`` records where
+each copied segment sits in the query and in the derivative, in seconds, exact from the plan (through
+trims, splices, insertions and speed changes).
 
 The plan (every ffmpeg command) is a pure function of the :class:`CollectionConfig`: the same seed
 gives the same commands, hence the same ``collection.json`` and, FFmpeg running single-threaded in
@@ -30,6 +38,8 @@ Example:
     collection.queries                  # ('q000', 'q001', ...)
     collection.path("q000_nd0")         # PosixPath('demo_videos/videos/q000_nd0.mp4')
     collection.ground_truth()["q000"]   # {'q000_nd0': 'ND', 'q000_ds0': 'DS', 'd000': 'unrelated'}
+    collection.segments()[0]            # {'query': 'q000', 'target': 'q000_nd0', 'query_start': 0.0,
+                                        #  'query_end': 12.0, 'target_start': 0.0, 'target_end': 12.0}
 """
 
 from __future__ import annotations
@@ -51,25 +61,32 @@ from tqdm.auto import tqdm
 
 from dns_tf.config import field
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 LABELS = ("ND", "DS", "unrelated")
 
 
 @dataclasses.dataclass(frozen=True)
 class CollectionConfig:
-    """What to generate; the defaults make the demo's collection in under a minute on 2 cores."""
+    """What to generate; the defaults make the demo's held-out collection (12 queries, 138
+    database videos)."""
 
     seed: int = field(0, "random seed: the same seed gives the same collection")
-    num_queries: int = field(5, "query videos (each with its near-duplicates and duplicate scenes)")
-    near_duplicates: int = field(3, "near-duplicate (ND) derivatives per query: whole-video edits")
-    duplicate_scenes: int = field(2, "duplicate-scene (DS) derivatives per query: trims, "
+    num_queries: int = field(12, "query videos (each with its derivatives and siblings)")
+    near_duplicates: int = field(2, "near-duplicate (ND) derivatives per query: whole-video edits")
+    duplicate_scenes: int = field(3, "duplicate-scene (DS) derivatives per query: trims, "
                                      "splices, picture-in-picture")
-    num_distractors: int = field(10, "unrelated source videos in the database")
+    inserted_copies: int = field(2, "DS derivatives per query that hide a few seconds of it "
+                                    "inside a long unrelated video")
+    siblings: int = field(2, "hard distractors per query: its look (generators, colours, "
+                             "palettes), other content; unrelated to it")
+    num_distractors: int = field(30, "unrelated source videos in the database")
     seconds: float = field(12.0, "length of a source video in seconds")
+    host_seconds: float = field(36.0, "length of the long videos that hide a copy")
     scenes: int = field(3, "scenes (different synthetic sources) cut together in a source video")
     width: int = field(320, "frame width of source videos (even)")
     height: int = field(240, "frame height of source videos (even)")
-    fps: int = field(25, "frame rate of source videos")
+    fps: int = field(10, "frame rate of source videos (features are sampled at 1 fps; 10 keeps "
+                          "generation cheap)")
     workers: int = field(2, "ffmpeg processes run in parallel (does not change the output)")
 
     def __post_init__(self):
@@ -77,7 +94,8 @@ class CollectionConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"CollectionConfig.{name} must be at least 1, "
                                  f"got {getattr(self, name)}")
-        for name in ("near_duplicates", "duplicate_scenes", "num_distractors"):
+        for name in ("near_duplicates", "duplicate_scenes", "inserted_copies", "siblings",
+                     "num_distractors"):
             if getattr(self, name) < 0:
                 raise ValueError(f"CollectionConfig.{name} cannot be negative, "
                                  f"got {getattr(self, name)}")
@@ -87,6 +105,12 @@ class CollectionConfig:
         if self.seconds * self.fps < 2 * self.scenes:
             raise ValueError(f"CollectionConfig.seconds={self.seconds} is too short for "
                              f"{self.scenes} scenes of 2 frames at {self.fps} fps")
+        if self.host_seconds < self.seconds:
+            raise ValueError(f"CollectionConfig.host_seconds={self.host_seconds} must be at "
+                             f"least seconds={self.seconds} (a long video hides a short copy)")
+        if self.inserted_copies and not self.num_distractors and self.num_queries < 2:
+            raise ValueError("CollectionConfig.inserted_copies needs unrelated footage: "
+                             "num_distractors >= 1 or num_queries >= 2")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +127,9 @@ class Video:
             numbers (frames of a trim or splice, place of an inset); sources list their scenes
             as ``{"name": generator, "filter": ...}``.
         duration: its length in seconds.
+        segments: where it copies its query (ND and DS derivatives), in seconds: ``{"query_start",
+            "query_end", "target_start", "target_end"}`` each.
+        family: the source whose look it has: its query for siblings and derivatives, else itself.
     """
 
     id: str
@@ -112,6 +139,8 @@ class Video:
     contains: dict
     transforms: tuple
     duration: float
+    segments: tuple = ()
+    family: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +171,13 @@ class Collection:
         return {query: {video: self.label(query, video) for video in self.database}
                 for query in self.queries}
 
+    def segments(self) -> list:
+        """Every copied segment of a query in a database video, the format of ``segments.json``:
+        ``[{"query", "target", "query_start", "query_end", "target_start", "target_end"}]``,
+        seconds from the start of each file; a speed change makes the two spans differ."""
+        return [{"query": video.source, "target": video.id, **segment}
+                for video in self.videos.values() for segment in video.segments]
+
     def fivr_annotation(self, version: str = "demo") -> dict:
         """The layout of FIVR's annotation file, for ``dns_tf.evaluation.datasets.FIVR``.
 
@@ -162,7 +198,8 @@ class Collection:
 
 def generate_collection(out_dir: str | os.PathLike, config: CollectionConfig = CollectionConfig(),
                         progress: bool = True) -> Collection:
-    """Generates (or completes) the collection in ``out_dir`` and writes ``collection.json``.
+    """Generates (or completes) the collection in ``out_dir``; writes ``collection.json`` and
+    ``segments.json`` (where each copied segment sits, see :meth:`Collection.segments`).
 
     Raises:
         RuntimeError: an ffmpeg command failed (the message names the video and quotes ffmpeg).
@@ -178,7 +215,9 @@ def generate_collection(out_dir: str | os.PathLike, config: CollectionConfig = C
         for stage in stages:  # derivatives read the sources, so sources come first
             _run_all(root, stage, keys, config.workers, bar)
     _write_json(root / "collection.json", _describe(config, plans, keys))
-    return load_collection(root)
+    collection = load_collection(root)
+    _write_json(root / "segments.json", collection.segments())
+    return collection
 
 
 def load_collection(out_dir: str | os.PathLike) -> Collection:
@@ -203,7 +242,8 @@ def load_collection(out_dir: str | os.PathLike) -> Collection:
         videos = {video_id: Video(id=video_id, path=root / entry["path"], role=entry["role"],
                                   source=entry["source"], contains=dict(entry["contains"]),
                                   transforms=tuple(entry["transforms"]),
-                                  duration=float(entry["duration"]))
+                                  duration=float(entry["duration"]),
+                                  segments=tuple(entry["segments"]), family=entry["family"])
                   for video_id, entry in description["videos"].items()}
         queries, database = tuple(description["queries"]), tuple(description["database"])
     except (ValueError, KeyError, TypeError) as error:
@@ -228,6 +268,8 @@ class VideoPlan:
     inputs: tuple  # ids of the collection's videos it reads, in ``-i`` order
     filter_graph: str
     encoding: tuple
+    segments: tuple = ()  # where it copies its query: ``_copied`` dicts, in the target's order
+    family: str = ""  # the source whose look it has (default: its source)
 
     @property
     def path(self) -> str:
@@ -254,15 +296,22 @@ def plan_collection(config: CollectionConfig, text_logos: bool = True) -> list:
     queries = [_source_plan(config, f"q{i:03d}", "query") for i in range(config.num_queries)]
     distractors = [_source_plan(config, f"d{i:03d}", "database")
                    for i in range(config.num_distractors)]
+    siblings = {query.id: [_source_plan(config, f"{query.id}_sib{n}", "database", query.id)
+                           for n in range(config.siblings)] for query in queries}
     derivatives = []
     for query in queries:
         # Splices and picture-in-picture need another video: a distractor, else another query.
         others = distractors or [q for q in queries if q.id != query.id]
+        # Long videos are cut from distractors and other queries' siblings.
+        footage = distractors + [sibling for q in queries if q.id != query.id
+                                 for sibling in siblings[q.id]] or others
         for n in range(config.near_duplicates):
             derivatives.append(_near_duplicate_plan(config, query, n, text_logos))
         for n in range(config.duplicate_scenes):
             derivatives.append(_duplicate_scene_plan(config, query, n, others))
-    return queries + distractors + derivatives
+        for n in range(config.inserted_copies):
+            derivatives.append(_inserted_copy_plan(config, query, n, footage))
+    return queries + distractors + [s for group in siblings.values() for s in group] + derivatives
 
 
 def _rng(config: CollectionConfig, video_id: str) -> random.Random:
@@ -299,6 +348,11 @@ def _oscillation(rng: random.Random, low: float, high: float) -> str:
     return f"(0.5+0.5*sin({rng.uniform(low, high):.2f}*t+{rng.uniform(0, 6.28):.2f}))"
 
 
+def _signed(rng: random.Random, low: float, high: float) -> float:
+    """A value of random sign whose magnitude lies in ``[low, high]``."""
+    return rng.choice((-1, 1)) * rng.uniform(low, high)
+
+
 _PALETTES = ("magma", "inferno", "plasma", "viridis", "turbo", "cividis", "solar", "spectral",
              "cool", "heat", "fiery")
 _MANDELBROT_SPOTS = ((-0.743643887, 0.131825904), (-0.7453, 0.1127), (-1.25066, 0.02012),
@@ -306,81 +360,88 @@ _MANDELBROT_SPOTS = ((-0.743643887, 0.131825904), (-0.7453, 0.1127), (-1.25066, 
                      (-0.77568377, 0.13646737), (0.2549, 0.0005), (-0.0452, 0.9868))
 
 
-def _mandelbrot(rng, w, h, fps, frames):
-    x, y = rng.choice(_MANDELBROT_SPOTS)
-    start = rng.uniform(0.3, 2.5)
+# Each generator draws what makes its *look* (palette, rule, pattern kind, colours) from ``look`` and
+# what makes its *content* (seeds, places, speeds) from ``content``: siblings share the look.
+
+def _mandelbrot(look, content, w, h, fps, frames):
+    x, y = content.choice(_MANDELBROT_SPOTS)
+    start = content.uniform(0.3, 2.5)
     return (f"mandelbrot=s={w}x{h}:r={fps}:start_x={x}:start_y={y}:start_scale={start:.3f}"
-            f":end_scale={start * rng.uniform(0.02, 0.3):.5f}:end_pts={frames}"
-            f":maxiter={rng.choice((64, 128, 256))}"
-            f":outer={rng.choice(('iteration_count', 'normalized_iteration_count', 'white'))}"
-            f":inner={rng.choice(('black', 'period', 'convergence', 'mincol'))}")
+            f":end_scale={start * content.uniform(0.02, 0.3):.5f}:end_pts={frames}"
+            f":maxiter={look.choice((64, 128, 256))}"
+            f":outer={look.choice(('iteration_count', 'normalized_iteration_count', 'white'))}"
+            f":inner={look.choice(('black', 'period', 'convergence', 'mincol'))}")
 
 
-def _life(rng, w, h, fps, frames):
-    cell = rng.choice((2, 3, 4))
-    rule = rng.choice(("B3/S23", "B36/S23", "B3678/S34678", "B368/S245", "B35678/S5678"))
+def _life(look, content, w, h, fps, frames):
+    cell = look.choice((2, 3, 4))
+    rule = look.choice(("B3/S23", "B36/S23", "B3678/S34678", "B368/S245", "B35678/S5678"))
     return (f"life=s={w // cell}x{h // cell}:r={fps}:rule={rule}"
-            f":ratio={rng.uniform(0.2, 0.6):.2f}:seed={rng.randrange(2**31)}"
-            f":mold={rng.randrange(0, 40)}"
-            f":life_color={_color(rng)}:death_color={_color(rng)}:mold_color={_color(rng)}"
+            f":ratio={content.uniform(0.2, 0.6):.2f}:seed={content.randrange(2**31)}"
+            f":mold={look.randrange(0, 40)}"
+            f":life_color={_color(look)}:death_color={_color(look)}:mold_color={_color(look)}"
             f",scale={w}:{h}:flags=neighbor")
 
 
-def _cellular_automaton(rng, w, h, fps, frames):
-    cell = rng.choice((2, 3, 4))
-    rule = rng.choice((18, 30, 45, 54, 57, 73, 90, 105, 110, 150))
-    dead, alive = _rgb(rng), _rgb(rng)
+def _cellular_automaton(look, content, w, h, fps, frames):
+    cell = look.choice((2, 3, 4))
+    rule = look.choice((18, 30, 45, 54, 57, 73, 90, 105, 110, 150))
+    dead, alive = _rgb(look), _rgb(look)
     channels = ":".join(f"{channel}='if(gt(val,127),{alive[i]},{dead[i]})'"
                         for i, channel in enumerate("rgb"))
     return (f"cellauto=s={w // cell}x{h // cell}:r={fps}:rule={rule}"
-            f":ratio={rng.uniform(0.3, 0.7):.2f}:seed={rng.randrange(2**31)}:start_full=1"
+            f":ratio={content.uniform(0.3, 0.7):.2f}:seed={content.randrange(2**31)}:start_full=1"
             f",scale={w}:{h}:flags=neighbor,format=rgb24,lutrgb={channels}")
 
 
-def _test_pattern(rng, w, h, fps, frames):
-    return f"testsrc2=s={w}x{h}:r={fps}"
+def _test_pattern(look, content, w, h, fps, frames):
+    # Its content is where the scene's pan and box take it (``_scene``) and its rotation.
+    return (f"testsrc2=s={w}x{h}:r={fps},rotate=a='{_signed(content, 0.05, 0.3):.3f}*t'"
+            f":fillcolor={_color(look)}")
 
 
-def _gradients(rng, w, h, fps, frames):
-    count = rng.randrange(2, 9)
-    colors = ":".join(f"c{i}={_color(rng)}" for i in range(count))
-    kind = rng.choice(("linear", "radial", "circular", "spiral", "square"))
-    return (f"gradients=s={w}x{h}:r={fps}:{colors}:n={count}:seed={rng.randrange(2**31)}"
-            f":speed={rng.uniform(0.005, 0.04):.4f}:type={kind}")
+def _gradients(look, content, w, h, fps, frames):
+    count = look.randrange(2, 9)
+    colors = ":".join(f"c{i}={_color(look)}" for i in range(count))
+    kind = look.choice(("linear", "radial", "circular", "spiral", "square"))
+    return (f"gradients=s={w}x{h}:r={fps}:{colors}:n={count}:seed={content.randrange(2**31)}"
+            f":speed={content.uniform(0.005, 0.04):.4f}:type={kind}")
 
 
-def _bars(rng, w, h, fps, frames):
-    pattern = rng.choice(("smptebars", "smptehdbars", "pal100bars", "rgbtestsrc", "yuvtestsrc"))
-    speed = rng.choice((-1, 1)) * rng.uniform(0.1, 0.5)
-    return (f"{pattern}=s={w}x{h}:r={fps},rotate=a='{speed:.3f}*t':fillcolor={_color(rng)}")
+def _bars(look, content, w, h, fps, frames):
+    pattern = look.choice(("smptebars", "smptehdbars", "pal100bars", "rgbtestsrc", "yuvtestsrc"))
+    return (f"{pattern}=s={w}x{h}:r={fps},rotate=a='{_signed(content, 0.1, 0.5):.3f}*t'"
+            f":fillcolor={_color(look)}")
 
 
-def _perlin(rng, w, h, fps, frames):
-    return (f"perlin=s={w}x{h}:r={fps}:octaves={rng.randrange(1, 6)}"
-            f":persistence={rng.uniform(0.3, 0.8):.2f}:xscale={rng.uniform(0.5, 3):.2f}"
-            f":yscale={rng.uniform(0.5, 3):.2f}:tscale={rng.uniform(0.2, 2):.2f}"
-            f":random_mode=seed:random_seed={rng.randrange(2**31)}"
-            f",eq=contrast=2,format=yuv444p,pseudocolor=p={rng.choice(_PALETTES)}")
+def _perlin(look, content, w, h, fps, frames):
+    return (f"perlin=s={w}x{h}:r={fps}:octaves={look.randrange(1, 6)}"
+            f":persistence={look.uniform(0.3, 0.8):.2f}:xscale={look.uniform(0.5, 3):.2f}"
+            f":yscale={look.uniform(0.5, 3):.2f}:tscale={content.uniform(0.2, 2):.2f}"
+            f":random_mode=seed:random_seed={content.randrange(2**31)}"
+            f",eq=contrast=2,format=yuv444p,pseudocolor=p={look.choice(_PALETTES)}")
 
 
-def _zone_plate(rng, w, h, fps, frames):
-    return (f"zoneplate=s={w}x{h}:r={fps}:kx={rng.randrange(-50, 50)}"
-            f":ky={rng.randrange(-50, 50)}:kx2={rng.randrange(10, 200)}"
-            f":ky2={rng.randrange(10, 200)}:kt2={rng.randrange(0, 8)}:kxy={rng.randrange(-60, 60)}"
-            f":kxt={rng.randrange(-40, 40)}:kyt={rng.randrange(-40, 40)}"
-            f":ku={rng.randrange(0, 120)}:kv={rng.randrange(0, 120)}")
+def _zone_plate(look, content, w, h, fps, frames):
+    return (f"zoneplate=s={w}x{h}:r={fps}:kx={content.randrange(-50, 50)}"
+            f":ky={content.randrange(-50, 50)}:kx2={look.randrange(10, 200)}"
+            f":ky2={look.randrange(10, 200)}:kt2={content.randrange(0, 8)}"
+            f":kxy={content.randrange(-60, 60)}"
+            f":kxt={content.randrange(-40, 40)}:kyt={content.randrange(-40, 40)}"
+            f":ku={look.randrange(0, 120)}:kv={look.randrange(0, 120)}")
 
 
-def _sierpinski(rng, w, h, fps, frames):
-    return (f"sierpinski=s={w}x{h}:r={fps}:seed={rng.randrange(2**31)}"
-            f":jump={rng.randrange(1, 10)}:type={rng.choice(('carpet', 'triangle'))}")
+def _sierpinski(look, content, w, h, fps, frames):
+    return (f"sierpinski=s={w}x{h}:r={fps}:seed={content.randrange(2**31)}"
+            f":jump={look.randrange(1, 10)}:type={look.choice(('carpet', 'triangle'))}")
 
 
-def _plasma(rng, w, h, fps, frames):
+def _plasma(look, content, w, h, fps, frames):
+    # The waves' lengths are its look, their directions and phases its content.
     def wave():
         def term(axis):
-            return (f"{axis}/{rng.uniform(6, 40):.1f}{rng.choice('+-')}"
-                    f"T*{rng.uniform(0.5, 3):.2f}")
+            return (f"{axis}/{look.uniform(6, 40):.1f}{content.choice('+-')}"
+                    f"T*{content.uniform(0.5, 3):.2f}")
         return f"128+127*sin({term('X')})*cos({term('Y')})"
     return f"nullsrc=s={w}x{h}:r={fps},format=gbrp,geq=r='{wave()}':g='{wave()}':b='{wave()}'"
 
@@ -392,44 +453,52 @@ _GENERATORS: dict[str, Callable] = {
 }
 
 
-def _scene(rng: random.Random, config: CollectionConfig, name: str, frames: int,
-           label: str) -> dict:
-    """One scene: generator ``name`` at random settings, panned, hue-rotated, with a moving box."""
-    zoom = rng.uniform(1.0, 1.5)
+def _scene(look: random.Random, content: random.Random, config: CollectionConfig, name: str,
+           frames: int, label: str) -> dict:
+    """One scene: generator ``name`` panned, hue-rotated, with a moving box.
+
+    The hue, the box's size and colour, and the generator's look come from ``look``; the zoom, the
+    paths of the pan and of the box, and the generator's content from ``content``.
+    """
+    zoom = content.uniform(1.0, 1.5)
     w, h = 2 * round(config.width * zoom / 2), 2 * round(config.height * zoom / 2)
-    chain = [_GENERATORS[name](rng, w, h, config.fps, frames)]
+    chain = [_GENERATORS[name](look, content, w, h, config.fps, frames)]
     if zoom > 1.05:
-        chain.append(f"crop={config.width}:{config.height}:x='(iw-ow)*{_oscillation(rng, 0.2, 1)}'"
-                     f":y='(ih-oh)*{_oscillation(rng, 0.2, 1)}'")
-    chain.append(f"hue=h={rng.randrange(360)}:s={rng.uniform(0.7, 1.5):.2f}")
-    if rng.random() < 0.6:
-        side = rng.uniform(0.1, 0.25)
-        chain.append(f"drawbox=w=iw*{side:.2f}:h=ih*{side:.2f}:color={_color(rng)}@0.85:t=fill"
-                     f":x='(iw-w)*{_oscillation(rng, 0.5, 2)}'"
-                     f":y='(ih-h)*{_oscillation(rng, 0.5, 2)}'")
+        chain.append(f"crop={config.width}:{config.height}"
+                     f":x='(iw-ow)*{_oscillation(content, 0.2, 1)}'"
+                     f":y='(ih-oh)*{_oscillation(content, 0.2, 1)}'")
+    chain.append(f"hue=h={look.randrange(360)}:s={look.uniform(0.7, 1.5):.2f}")
+    if look.random() < 0.6:
+        side = look.uniform(0.1, 0.25)
+        chain.append(f"drawbox=w=iw*{side:.2f}:h=ih*{side:.2f}:color={_color(look)}@0.85:t=fill"
+                     f":x='(iw-w)*{_oscillation(content, 0.5, 2)}'"
+                     f":y='(ih-h)*{_oscillation(content, 0.5, 2)}'")
     chain += [_finish(config.width, config.height),
               f"trim=end_frame={frames}", "setpts=PTS-STARTPTS"]
     return {"name": name, "filter": ",".join(chain) + f"[{label}]"}
 
 
-def _source_plan(config: CollectionConfig, video_id: str, role: str) -> VideoPlan:
-    rng = _rng(config, video_id)
+def _source_plan(config: CollectionConfig, video_id: str, role: str,
+                 family: str | None = None) -> VideoPlan:
+    """A source video; one of ``family`` (a query's id) has that query's look, other content."""
+    look, content = _rng(config, f"{family or video_id}/look"), _rng(config, video_id)
     total = round(config.seconds * config.fps)
     # Scene lengths: one frame each, the rest shared in random proportions.
-    weights = [rng.uniform(0.6, 1.4) for _ in range(config.scenes)]
+    weights = [content.uniform(0.6, 1.4) for _ in range(config.scenes)]
     cuts = [round((total - config.scenes) * sum(weights[:i]) / sum(weights))
             for i in range(config.scenes + 1)]
     lengths = [1 + end - start for start, end in zip(cuts, cuts[1:])]
     # Different generators for the scenes of a video (as long as there are enough of them).
-    deck = rng.sample(sorted(_GENERATORS), len(_GENERATORS))
-    scenes = [_scene(rng, config, deck[i % len(deck)], frames, f"s{i}")
+    deck = look.sample(sorted(_GENERATORS), len(_GENERATORS))
+    scenes = [_scene(look, content, config, deck[i % len(deck)], frames, f"s{i}")
               for i, frames in enumerate(lengths)]
     labels = "".join(f"[s{i}]" for i in range(len(scenes)))
     graph = ";".join(s["filter"] for s in scenes) + f";{labels}concat=n={len(scenes)}:v=1:a=0[v]"
     return VideoPlan(id=video_id, role=role, source=video_id, contains={video_id: "ND"},
                      transforms=tuple(scenes), duration=total / config.fps, inputs=(),
                      filter_graph=graph,
-                     encoding=_encoding(("-crf", str(rng.randrange(18, 24))), config.fps))
+                     encoding=_encoding(("-crf", str(look.randrange(18, 24))), config.fps),
+                     family=family or video_id)
 
 
 # Near-duplicates ---------------------------------------------------------------------------------
@@ -529,7 +598,8 @@ def _near_duplicate_plan(config, query: VideoPlan, n: int, text_logos: bool) -> 
     return VideoPlan(id=video_id, role="database", source=query.id, contains={query.id: "ND"},
                      transforms=(*edits, {"name": name, "filter": " ".join(quality)}),
                      duration=frames / config.fps, inputs=(query.id,),
-                     filter_graph=f"[0:v]{chain}[v]", encoding=_encoding(quality, config.fps))
+                     filter_graph=f"[0:v]{chain}[v]", encoding=_encoding(quality, config.fps),
+                     segments=(_copied(0.0, query.duration, 0.0, speed),))
 
 
 # Duplicate scenes --------------------------------------------------------------------------------
@@ -564,6 +634,7 @@ def _duplicate_scene_plan(config, query: VideoPlan, n: int, others: list) -> Vid
                        "start_frame": start, "end_frame": end},
                       {"name": edit, "filter": edit_filter})
         inputs, frames = (query.id,), end - start
+        segments = (_copied(start / config.fps, end / config.fps, 0.0),)
     elif kind == "splice":
         other = rng.choice(others)
         start, end = _segment(rng, total, 0.3, 0.5)
@@ -578,6 +649,8 @@ def _duplicate_scene_plan(config, query: VideoPlan, n: int, others: list) -> Vid
                        "other_end_frame": other_end, "query_first": query_first},)
         inputs, frames = (query.id, other.id), (end - start) + (other_end - other_start)
         contains[other.id] = "DS"
+        at = 0 if query_first else other_end - other_start
+        segments = (_copied(start / config.fps, end / config.fps, at / config.fps),)
     else:
         other = rng.choice(others)
         scale = rng.uniform(0.55, 0.75)
@@ -590,10 +663,70 @@ def _duplicate_scene_plan(config, query: VideoPlan, n: int, others: list) -> Vid
         inputs = (query.id, other.id)
         frames = min(total, round(other.duration * config.fps))
         contains[other.id] = "DS"
+        segments = (_copied(0.0, frames / config.fps, 0.0),)
     return VideoPlan(id=video_id, role="database", source=query.id, contains=contains,
                      transforms=transforms, duration=frames / config.fps, inputs=inputs,
                      filter_graph=graph,
-                     encoding=_encoding(("-crf", str(rng.randrange(20, 30))), config.fps))
+                     encoding=_encoding(("-crf", str(rng.randrange(20, 30))), config.fps),
+                     segments=segments)
+
+
+def _inserted_copy_plan(config, query: VideoPlan, n: int, others: list) -> VideoPlan:
+    """A long video of unrelated footage with a few seconds of the query cut into it.
+
+    A global descriptor of such a video is mostly the unrelated footage; frame-level matching
+    still finds the copy (FIVR's duplicate scenes are often like this).
+    """
+    video_id = f"{query.id}_in{n}"
+    rng = _rng(config, video_id)
+    total, host = round(query.duration * config.fps), round(config.host_seconds * config.fps)
+    start, end = _segment(rng, total, 0.2, 0.4)
+    copy = end - start
+    at = rng.randrange(0, host - copy + 1)
+    inputs = [query.id]
+
+    def footage(length: int) -> list:
+        """Pieces ``(input, start_frame, end_frame)`` of unrelated videos, ``length`` frames."""
+        pieces = []
+        while length > 0:
+            other = rng.choice(others)
+            other_total = round(other.duration * config.fps)
+            piece = min(length, rng.randrange(min(3 * config.fps, other_total), other_total + 1))
+            offset = rng.randrange(0, other_total - piece + 1)
+            if other.id not in inputs:
+                inputs.append(other.id)
+            pieces.append((inputs.index(other.id), offset, offset + piece))
+            length -= piece
+        return pieces
+
+    order = footage(at) + [(0, start, end)] + footage(host - copy - at)
+    finish = _finish(config.width, config.height)
+    edit = rng.choice(("hue", "colour", "noise", "blur"))
+    edit_filter = _ND_EDITS[edit](rng, config, False)["filter"]
+    chains = [f"[{i}:v]trim=start_frame={a}:end_frame={b},setpts=PTS-STARTPTS,{finish}[p{k}]"
+              for k, (i, a, b) in enumerate(order)]
+    labels = "".join(f"[p{k}]" for k in range(len(order)))
+    graph = ";".join(chains) + f";{labels}concat=n={len(order)}:v=1:a=0,{edit_filter},{finish}[v]"
+    contains = {query.id: "DS"}
+    for other_id in inputs[1:]:
+        contains.setdefault(other_id, "DS")
+    transforms = ({"name": "inserted_copy", "filter": graph, "start_frame": start,
+                   "end_frame": end, "at_frame": at,
+                   "pieces": [[inputs[i], a, b] for i, a, b in order]},
+                  {"name": edit, "filter": edit_filter})
+    return VideoPlan(id=video_id, role="database", source=query.id, contains=contains,
+                     transforms=transforms, duration=host / config.fps, inputs=tuple(inputs),
+                     filter_graph=graph,
+                     encoding=_encoding(("-crf", str(rng.randrange(20, 30))), config.fps),
+                     segments=(_copied(start / config.fps, end / config.fps, at / config.fps),))
+
+
+def _copied(query_start: float, query_end: float, target_start: float,
+            speed: float = 1.0) -> dict:
+    """Where a copied segment sits: seconds in the query and in the target played at ``speed``."""
+    return {"query_start": round(query_start, 6), "query_end": round(query_end, 6),
+            "target_start": round(target_start, 6),
+            "target_end": round(target_start + (query_end - query_start) / speed, 6)}
 
 
 # --- Running the plan ----------------------------------------------------------------------------
@@ -669,15 +802,16 @@ def _describe(config: CollectionConfig, plans: list, keys: dict) -> dict:
     database = [p.id for p in plans if p.role == "database"]
     videos = {p.id: {"path": p.path, "role": p.role, "source": p.source, "contains": p.contains,
                      "duration": p.duration, "transforms": list(p.transforms),
-                     "inputs": list(p.inputs), "key": keys[p.id],
-                     "ffmpeg": p.arguments()} for p in plans}
+                     "inputs": list(p.inputs), "segments": list(p.segments),
+                     "family": p.family or p.source,
+                     "key": keys[p.id], "ffmpeg": p.arguments()} for p in plans}
     labels = {q: {v: videos[v]["contains"].get(q, "unrelated") for v in database}
               for q in queries}
     return {"format": FORMAT_VERSION, "config": recorded, "queries": queries,
             "database": database, "labels": labels, "videos": videos}
 
 
-def _write_json(path: pathlib.Path, content: dict) -> None:
+def _write_json(path: pathlib.Path, content: dict | list) -> None:
     partial = path.with_name(path.name + ".part")
     partial.write_text(json.dumps(content, indent=1) + "\n", encoding="utf-8")
     os.replace(partial, path)

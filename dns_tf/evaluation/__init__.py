@@ -11,11 +11,12 @@ from dns_tf.evaluation.annotations import (AnnotationFormatError, UnsafeAnnotati
 from dns_tf.evaluation.datasets import (DATASET_NAMES, EVVE, FIVR, SVD, CCWebVideo,
                                         RetrievalDataset, canonical_dataset_name, load_dataset)
 from dns_tf.evaluation.similarities import SimilarityMatrix
-from dns_tf.evaluation.sweep import Cost, SweepRow, dns_sweep, format_table, plot_sweep
+from dns_tf.evaluation.sweep import (Cost, SweepRow, dns_similarities, dns_sweep, format_table,
+                                     plot_sweep)
 
 __all__ = [
     "AnnotationFormatError", "UnsafeAnnotationError", "load_annotation_pickle",
     "read_svd_ground_truth", "DATASET_NAMES", "EVVE", "FIVR", "SVD", "CCWebVideo",
     "RetrievalDataset", "canonical_dataset_name", "load_dataset", "SimilarityMatrix", "Cost",
-    "SweepRow", "dns_sweep", "format_table", "plot_sweep",
+    "SweepRow", "dns_similarities", "dns_sweep", "format_table", "plot_sweep",
 ]

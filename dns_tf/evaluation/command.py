@@ -1,5 +1,9 @@
 """``dns-tf evaluate``: scores a similarity file, or a video index searched coarse-only, fine-only
-and with DnS, with a benchmark's protocol."""
+and with DnS, with a benchmark's protocol.
+
+With ``--index`` the DnS sweep runs twice on the same similarities: with the default search
+(``SearchConfig()``: calibrated merge, its default routing) and with the authors' protocol
+(``PAPER_SEARCH``: raw coarse scores beside fine ones, selector routing, ``evaluation_dns.py``)."""
 
 from __future__ import annotations
 
@@ -28,7 +32,8 @@ def register(subparsers) -> None:
                         help=".npz with 'similarities' [queries, database], 'queries', 'database'")
     index = parser.add_argument_group(
         "or a video index (dns-tf index): the dataset's queries found in --features are searched "
-        "coarse-only, fine-only and with DnS at each --percentages")
+        "coarse-only, fine-only and with DnS at each --percentages, with the default search and "
+        "with the paper's merge and routing")
     index.add_argument("--index", help="video index directory, instead of --similarities")
     index.add_argument("--features", help="region features holding the query videos")
     index.add_argument("--percentages", nargs="+", type=float, default=list(DEFAULT_PERCENTAGES),
@@ -80,7 +85,7 @@ def run_index(args: argparse.Namespace) -> int:
     from dns_tf.evaluation.sweep import Cost, dns_sweep, format_table, plot_sweep
     from dns_tf.index.command import open_backend
     from dns_tf.index.store import VideoIndex, VideoIndexError
-    from dns_tf.retrieval import DnSRetriever
+    from dns_tf.retrieval import PAPER_SEARCH, DnSRetriever, SearchConfig
 
     try:
         dataset = load_dataset(args.dataset, args.annotations)
@@ -90,18 +95,25 @@ def run_index(args: argparse.Namespace) -> int:
             if not queries:
                 raise ValueError(f"{args.features} holds none of the {len(dataset.queries)} "
                                  f"{dataset.name} queries")
-            scores = DnSRetriever(index, open_backend(index)).database_scores(
+            retriever = DnSRetriever(index, open_backend(index))
+            scores = retriever.database_scores(
                 [features[query] for query in queries], dataset.database, progress=not args.json)
+            coarse_to_fine = retriever.coarse_to_fine
             stats = index.stats()
         seconds = scores.seconds_per_query
-        rows = dns_sweep(dataset, scores.coarse, scores.fine, scores.selector,
-                         coarse_cost=Cost(seconds["coarse"], stats["coarse_kb_per_video"]),
-                         fine_cost=Cost(seconds["fine"], stats["fine_kb_per_video"]),
-                         selector_cost=Cost(seconds["selector"], 4 / 1024),
-                         available=scores.available, queries=queries,
-                         percentages=args.percentages)
+        costs = dict(coarse_cost=Cost(seconds["coarse"], stats["coarse_kb_per_video"]),
+                     fine_cost=Cost(seconds["fine"], stats["fine_kb_per_video"]),
+                     selector_cost=Cost(seconds["selector"], 4 / 1024))
+        sweeps = {name: dns_sweep(dataset, scores.coarse, scores.fine, scores.selector, **costs,
+                                  search=search, coarse_to_fine=coarse_to_fine,
+                                  available=scores.available, queries=queries,
+                                  percentages=args.percentages)
+                  for name, search in (("sweep", SearchConfig()), ("sweep_paper", PAPER_SEARCH))}
         if args.sweep:
-            plot_sweep(rows, args.sweep, title=f"{dataset.name}, {len(queries)} queries")
+            default = SearchConfig()
+            plot_sweep(sweeps["sweep"], args.sweep, title=f"{dataset.name}, {len(queries)} queries",
+                       label=f"DnS ({default.merge} merge, {default.routing} routing)",
+                       others={"DnS, paper (raw coarse, selector routing)": sweeps["sweep_paper"]})
     except (OSError, ValueError, TypeError, KeyError, AnnotationFormatError,
             UnsafeAnnotationError, FeatureFileError, VideoIndexError) as error:
         print(f"dns-tf evaluate: error: {error}", file=sys.stderr)
@@ -110,9 +122,14 @@ def run_index(args: argparse.Namespace) -> int:
         print(json.dumps({"dataset": dataset.name, "queries": len(queries),
                           "available": int(scores.available.sum()),
                           "seconds_per_query": seconds,
-                          "rows": [dataclasses.asdict(row) for row in rows]}, indent=2))
+                          **{name: [dataclasses.asdict(row) for row in rows]
+                             for name, rows in sweeps.items()}}, indent=2))
     else:
         print(f"{dataset.name}: {len(queries)} queries, {int(scores.available.sum())} of "
               f"{len(dataset.database)} database videos in {args.index}")
-        print(format_table(rows))
+        default = SearchConfig()
+        print(f"\nDefault search (merge {default.merge}, routing {default.routing}):")
+        print(format_table(sweeps["sweep"]))
+        print("Paper (merge paper, routing selector; the authors' evaluation_dns.py):")
+        print(format_table(sweeps["sweep_paper"]))
     return 0

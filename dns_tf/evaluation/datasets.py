@@ -80,6 +80,13 @@ class RetrievalDataset(abc.ABC):
         return metrics
 
     @abc.abstractmethod
+    def pair_labels(self, query: str) -> tuple[set[str], set[str] | None]:
+        """Which database videos match ``query`` (a copy of some of it, for the dataset's
+        strictest task) and which do not: ``(positives, negatives)``; ``negatives`` None means
+        every other database video (the query itself excluded). Thresholds are fitted on these
+        pairs (``dns-tf calibrate``)."""
+
+    @abc.abstractmethod
     def _evaluate(self, results: Mapping[str, QueryScores], evaluated: list[str],
                   available: set[str] | None, verbose: bool) -> dict[str, float]:
         """The protocol: ``evaluated`` lists the dataset's queries present in ``results``."""
@@ -126,6 +133,11 @@ class FIVR(RetrievalDataset):
                 f"{source}: {len(unannotated)} {version} queries have no entry in 'annotation' "
                 f"(e.g. {unannotated[0]!r})")
 
+    def pair_labels(self, query):
+        """DSVR's relevant videos (near-duplicates, duplicate scenes) against all others."""
+        return {str(video) for label in self.TASK_LABELS["DSVR"]
+                for video in self.labels[query].get(label, ())}, None
+
     def _evaluate(self, results, evaluated, available, verbose):
         database = set(self.database)
         if available is not None:
@@ -165,6 +177,7 @@ class CCWebVideo(RetrievalDataset):
         require_keys(annotation, ("index", "queries", "ground_truth", "excluded"), source)
         self.name = "CC_WEB_VIDEO"
         self.video_numbers: Mapping[str, int] = annotation["index"]
+        self.id_of_number = {number: str(video) for video, number in self.video_numbers.items()}
         self.queries = list(map(str, annotation["queries"]))
         self.database = sorted(map(str, self.video_numbers))
         self.ground_truth: list[Mapping[int, str]] = annotation["ground_truth"]
@@ -173,6 +186,18 @@ class CCWebVideo(RetrievalDataset):
             raise AnnotationFormatError(
                 f"{source}: 'queries', 'ground_truth' and 'excluded' must have one entry per query "
                 f"set, got {len(self.queries)}, {len(self.ground_truth)}, {len(self.excluded)}")
+
+    def pair_labels(self, query):
+        """The query set's positively labelled videos against its other labelled ones (the
+        cleaned annotation's exclusions left out)."""
+        query_set = self.queries.index(query)
+        ids_of = self.id_of_number
+        excluded = set(self.excluded[query_set])
+        labels = {number: label for number, label in self.ground_truth[query_set].items()
+                  if number not in excluded and number in ids_of}
+        positives = {ids_of[n] for n, label in labels.items() if label in self.POSITIVE_LABELS}
+        negatives = {ids_of[n] for n, label in labels.items() if label not in self.POSITIVE_LABELS}
+        return positives, negatives - {query}
 
     def _evaluate(self, results, evaluated, available, verbose):
         sums = dict.fromkeys(self.metric_names, 0.0)
@@ -235,6 +260,10 @@ class EVVE(RetrievalDataset):
             raise AnnotationFormatError(
                 f"{source}: {len(orphans)} queries belong to no event (e.g. {orphans[0]!r})")
 
+    def pair_labels(self, query):
+        """The videos of the query's event against all others."""
+        return set(map(str, self.events[self.event_of[query]][1])), None
+
     def _evaluate(self, results, evaluated, available, verbose):
         if available is None:
             available = set(self.database).union(self.queries)
@@ -272,6 +301,12 @@ class SVD(RetrievalDataset):
         self.ground_truth = ground_truth
         self.queries = sorted(ground_truth)
         self.database = sorted({target for targets in ground_truth.values() for target in targets})
+
+    def pair_labels(self, query):
+        """The query's labelled targets: label 1 matches, the others do not."""
+        labels = self.ground_truth[query]
+        return ({t for t, label in labels.items() if label == 1},
+                {t for t, label in labels.items() if label != 1})
 
     def _evaluate(self, results, evaluated, available, verbose):
         aps = []

@@ -1,24 +1,29 @@
 """The paper's DnS trade-off sweep: accuracy against search time and storage, model-independent.
 
-For every query, the selector's scores rank the available database videos; the top ``p`` percent get
-the fine-grained similarity, all others keep the coarse one (as ``evaluation_dns.py`` of the authors:
-``floor(p * available / 100)`` videos per query, re-ranked within the same score list). The sweep
-evaluates ``p = 0, 5, ..., 100`` plus the two students alone, and prices each row:
+For every query, a routing (``SearchConfig.routing``) chooses the available database videos that
+the fine student re-ranks, ``p`` percent of them; they get the fine-grained similarity, all others
+keep the coarse one, raw (the ``paper`` merge) or mapped onto the fine scale by the index's
+coarse-to-fine map (the ``calibrated`` merge), exactly as :class:`~dns_tf.retrieval.DnSRetriever`
+answers with the same configuration. With ``PAPER_SEARCH`` (selector routing, paper merge) it is
+the authors' ``evaluation_dns.py``: the top ``int(p / 100 * available)`` videos by selector score
+per query, re-ranked within the same score list. The sweep evaluates ``p = 0, 5, ..., 100`` plus
+the two students alone, and prices each row:
 
 * coarse-only: coarse seconds per query, coarse KB per video;
 * fine-only: fine seconds per query, fine KB per video;
 * DnS at ``p``: ``p/100 * fine + coarse + selector`` seconds per query (the fine student runs on p%
-  of the pairs) and ``coarse + fine + selector`` KB per video (any video may be re-ranked, so all
-  three representations are stored).
+  of the pairs; no selector time with coarse routing) and ``coarse + fine + selector`` KB per
+  video (any video may be re-ranked, so all three representations are stored).
 
-The caller puts fine and coarse similarities on the scale they should be merged at; the authors map
-the fine students' similarity from [-1, 1] to [0, 1] (``s / 2 + 0.5``) before merging.
+Fine similarities come on the merge scale: the authors map the fine students' similarity from
+[-1, 1] to [0, 1] (``s / 2 + 0.5``).
 
 Example:
 
     rows = dns_sweep(dataset, coarse, fine, selector_scores,
                      coarse_cost=Cost(0.01, 4.0), fine_cost=Cost(2.5, 2000.0),
-                     selector_cost=Cost(0.001, 0.004))
+                     selector_cost=Cost(0.001, 0.004),
+                     search=SearchConfig(), coarse_to_fine=calibration.coarse_to_fine)
     print(format_table(rows))
     plot_sweep(rows, "dns_sweep.png")
 """
@@ -26,15 +31,16 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-from typing import Callable, Iterable, Sequence, Union
+from typing import Callable, Iterable, Mapping, Sequence, Union
 
 import numpy as np
 from tqdm import tqdm
 
+from dns_tf.calibration import ScoreMap
 from dns_tf.evaluation.datasets import RetrievalDataset
 from dns_tf.evaluation.similarities import SimilarityMatrix
+from dns_tf.retrieval import PAPER_SEARCH, SearchConfig, route
 
 DEFAULT_PERCENTAGES = tuple(range(0, 101, 5))
 
@@ -62,14 +68,47 @@ class SweepRow:
     kb_per_video: float
 
 
+def routed_columns(routing: str, count: int, coarse: np.ndarray, selector: np.ndarray | None,
+                   available_columns: np.ndarray) -> np.ndarray:
+    """The columns of one query's row that ``routing`` re-ranks when ``count`` of the available
+    ones are (``coarse``, ``selector``: the row ``[N]``)."""
+    if count >= available_columns.size:
+        return available_columns
+    return available_columns[route(routing, count, coarse[available_columns],
+                                   None if selector is None else selector[available_columns])]
+
+
+def dns_similarities(coarse: np.ndarray, fine: np.ndarray, selector_scores: np.ndarray | None,
+                     search: SearchConfig, coarse_to_fine: ScoreMap | None = None,
+                     available: np.ndarray | None = None) -> np.ndarray:
+    """The ``[Q, N]`` scores :class:`~dns_tf.retrieval.DnSRetriever` gives with ``search`` (its
+    mode, percentage or budget, routing and merge) over every available database video, from the
+    matrices of :meth:`~dns_tf.retrieval.DnSRetriever.database_scores` (``fine`` on the merge
+    scale). Unavailable columns keep their (zero) coarse score."""
+    coarse = np.asarray(coarse)
+    if search.merge == "calibrated" and coarse_to_fine is None:
+        raise ValueError("the calibrated merge needs the index's coarse_to_fine map")
+    available_columns = np.flatnonzero(
+        np.ones(coarse.shape[1], bool) if available is None else np.asarray(available, bool))
+    merged = (coarse if search.merge == "paper" else coarse_to_fine(coarse)).astype(np.float64)
+    count = search.rerank_count(available_columns.size)
+    for row in range(coarse.shape[0]):
+        columns = routed_columns(search.routing, count, coarse[row], None if selector_scores is None
+                                 else selector_scores[row], available_columns)
+        merged[row, columns] = fine[row, columns]
+    return merged
+
+
 def dns_sweep(dataset: RetrievalDataset,
               coarse: np.ndarray,
               fine: Union[np.ndarray, FineSimilarityFn],
-              selector_scores: np.ndarray,
+              selector_scores: np.ndarray | None,
               *,
               coarse_cost: Cost,
               fine_cost: Cost,
               selector_cost: Cost,
+              search: SearchConfig = PAPER_SEARCH,
+              coarse_to_fine: ScoreMap | None = None,
               available: np.ndarray | None = None,
               queries: Sequence[str] | None = None,
               percentages: Iterable[float] = DEFAULT_PERCENTAGES,
@@ -79,12 +118,17 @@ def dns_sweep(dataset: RetrievalDataset,
 
     Args:
         dataset: the benchmark whose ``evaluate`` scores each operating point.
-        coarse: float [Q, N], coarse similarities; columns follow ``dataset.database``.
-        fine: float [Q, N] fine similarities, or ``fine(query_row, columns) -> [len(columns)]``
-            called once per query with the columns it needs, best selector score first: all
-            available ones for the fine-only row, else as many as the largest percentage routes.
-        selector_scores: float [Q, N], higher means "send this pair to the fine student".
+        coarse: float [Q, N], raw coarse similarities; columns follow ``dataset.database``.
+        fine: float [Q, N] fine similarities on the merge scale (``s / 2 + 1/2``), or
+            ``fine(query_row, columns) -> [len(columns)]`` called once per query with the columns
+            it needs: all available ones for the fine-only row, else those some percentage routes.
+        selector_scores: float [Q, N] selector scores (None when ``search.routing`` is
+            ``coarse``).
         coarse_cost, fine_cost, selector_cost: each method's seconds per query and KB per video.
+        search: its ``routing`` chooses the pairs re-ranked and its ``merge`` the scale of the
+            others (``calibrated`` maps them with ``coarse_to_fine``), as
+            :class:`~dns_tf.retrieval.DnSRetriever` does. Default: the authors' protocol.
+        coarse_to_fine: the index's coarse-to-fine map (needed by the calibrated merge).
         available: bool [N], the database videos that were indexed (None: all). Only they are
             re-ranked and evaluated (the dataset's subset evaluation).
         queries: [Q] ids of the rows; default ``dataset.queries``.
@@ -93,18 +137,27 @@ def dns_sweep(dataset: RetrievalDataset,
         progress: show a progress bar.
 
     Returns:
-        ``[coarse-only, fine-only (if included), DnS at each percentage]``.
+        ``[coarse-only, fine-only (if included), DnS at each percentage]``; with the calibrated
+        merge, coarse-only is the coarse similarities mapped onto the fine scale (the same
+        ranking).
     """
     queries = list(dataset.queries if queries is None else queries)
     num_database = len(dataset.database)
     coarse = np.asarray(coarse)
-    selector_scores = np.asarray(selector_scores)
-    for name, matrix in (("coarse", coarse), ("selector_scores", selector_scores)):
+    matrices = [("coarse", coarse)]
+    if search.routing != "coarse":
+        if selector_scores is None:
+            raise ValueError(f"routing {search.routing!r} needs the selector scores")
+        selector_scores = np.asarray(selector_scores)
+        matrices.append(("selector_scores", selector_scores))
+    for name, matrix in matrices:
         if matrix.shape != (len(queries), num_database):
             raise ValueError(f"{name} has shape {matrix.shape}; expected [queries, database] = "
                              f"[{len(queries)}, {num_database}]")
     if isinstance(fine, np.ndarray) and fine.shape != coarse.shape:
         raise ValueError(f"fine has shape {fine.shape}; expected {coarse.shape} like coarse")
+    if search.merge == "calibrated" and coarse_to_fine is None:
+        raise ValueError("the calibrated merge needs the index's coarse_to_fine map")
     if available is None:
         available = np.ones(num_database, dtype=bool)
         all_db = None
@@ -119,38 +172,43 @@ def dns_sweep(dataset: RetrievalDataset,
 
     available_columns = np.flatnonzero(available)
     num_available = available_columns.size
-    counts = [math.floor(round(p * num_available / 100, 9)) for p in percentages]
-    # Fine-only re-ranks every available pair; without it only the largest share is needed.
-    num_needed = num_available if include_fine_only else max(counts, default=0)
+    counts = [dataclasses.replace(search, mode="dns", percentage=p, budget=0)
+              .rerank_count(num_available) for p in percentages]
+    base = (coarse if search.merge == "paper" else coarse_to_fine(coarse)).astype(np.float64)
 
-    # Per query, the available columns by decreasing selector score, and their fine similarities.
-    routed_columns = np.empty((len(queries), num_needed), dtype=np.int64)
-    routed_fine = np.empty((len(queries), num_needed), dtype=np.float64)
-    rows = tqdm(range(len(queries)), desc="fine similarities", disable=not progress)
-    for row in rows:
-        order = np.argsort(-selector_scores[row, available_columns], kind="stable")
-        columns = available_columns[order[:num_needed]]
-        routed_columns[row] = columns
-        if isinstance(fine, np.ndarray):
-            routed_fine[row] = fine[row, columns]
-        else:
+    def routed(row: int, count: int) -> np.ndarray:
+        return routed_columns(search.routing, count, coarse[row], None if selector_scores is None
+                              else selector_scores[row], available_columns)
+
+    # The fine similarities of every pair some operating point re-ranks.
+    if isinstance(fine, np.ndarray):
+        known_fine = np.asarray(fine, np.float64)
+    else:
+        known_fine = np.zeros(coarse.shape, np.float64)
+        needed_counts = sorted(set(counts) | ({num_available} if include_fine_only else set()))
+        for row in tqdm(range(len(queries)), desc="fine similarities", disable=not progress):
+            columns = np.unique(np.concatenate(
+                [np.zeros(0, np.int64), *(routed(row, count) for count in needed_counts)]))
             values = np.asarray(fine(row, columns), dtype=np.float64)
             if values.shape != columns.shape:
                 raise ValueError(f"fine similarity function returned shape {values.shape} for "
                                  f"{columns.size} columns of query row {row}")
-            routed_fine[row] = values
+            known_fine[row, columns] = values
 
     metrics_by_count: dict[int, dict[str, float]] = {}
 
     def metrics_at(count: int) -> dict[str, float]:
         if count not in metrics_by_count:
-            merged = coarse.astype(np.float64, copy=True)
-            np.put_along_axis(merged, routed_columns[:, :count], routed_fine[:, :count], axis=1)
+            merged = base.copy()
+            for row in range(len(queries)):
+                columns = routed(row, count)
+                merged[row, columns] = known_fine[row, columns]
             metrics_by_count[count] = dataset.evaluate(
                 SimilarityMatrix(merged, queries, dataset.database), all_db)
         return metrics_by_count[count]
 
-    dns_seconds = coarse_cost.seconds_per_query + selector_cost.seconds_per_query
+    dns_seconds = coarse_cost.seconds_per_query + (
+        selector_cost.seconds_per_query if search.routing != "coarse" else 0.0)
     dns_kb = coarse_cost.kb_per_video + fine_cost.kb_per_video + selector_cost.kb_per_video
     results = [SweepRow("coarse-only", None, metrics_at(0), coarse_cost.seconds_per_query,
                         coarse_cost.kb_per_video)]
@@ -185,7 +243,9 @@ def format_table(rows: Sequence[SweepRow]) -> str:
 
 
 def plot_sweep(rows: Sequence[SweepRow], path_png: str | os.PathLike,
-               metric: str | None = None, title: str | None = None) -> None:
+               metric: str | None = None, title: str | None = None,
+               label: str = "DnS", others: Mapping[str, Sequence[SweepRow]] | None = None
+               ) -> None:
     """Draws the paper's trade-off figure into a PNG file.
 
     Left: ``metric`` against the share of the database re-ranked, with the two students alone as
@@ -197,6 +257,9 @@ def plot_sweep(rows: Sequence[SweepRow], path_png: str | os.PathLike,
         path_png: where to write the figure.
         metric: which metric to plot; default the first one of the rows.
         title: figure title, e.g. the dataset's name.
+        label: the legend of the DnS curve of ``rows``.
+        others: more DnS curves to draw beside it, ``{legend: sweep rows}`` (e.g. the paper's
+            merge and routing next to the default).
     """
     # A bare Figure on the Agg canvas: no pyplot, no global backend switch for the caller.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -214,23 +277,33 @@ def plot_sweep(rows: Sequence[SweepRow], path_png: str | os.PathLike,
     figure = Figure(figsize=(11, 4.2), layout="constrained")
     FigureCanvasAgg(figure)
     by_share, by_time = figure.subplots(1, 2)
-    colors = {"coarse-only": "tab:blue", "fine-only": "tab:red", "DnS": "tab:green"}
-    if dns:
-        by_share.plot([row.percentage for row in dns], [row.metrics[metric] for row in dns],
-                      "o-", color=colors["DnS"], label=f"DnS ({dns[0].kb_per_video:.4g} KB/video)")
-        by_time.plot([row.seconds_per_query for row in dns], [row.metrics[metric] for row in dns],
-                     "o-", color=colors["DnS"], label="DnS")
-        for row in dns:
+    colors = {"coarse-only": "tab:blue", "fine-only": "tab:red"}
+    curves = {label: dns}
+    curves.update({name: sorted((row for row in other if row.method == "DnS"),
+                                key=lambda row: row.percentage)
+                   for name, other in (others or {}).items()})
+    if any(metric not in row.metrics for curve in curves.values() for row in curve):
+        raise ValueError(f"metric {metric!r} is missing from some rows")
+    palette = iter(["tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:gray"])
+    for name, curve in curves.items():
+        if not curve:
+            continue
+        color = next(palette)
+        by_share.plot([row.percentage for row in curve], [row.metrics[metric] for row in curve],
+                      "o-", color=color, label=f"{name} ({curve[0].kb_per_video:.4g} KB/video)")
+        by_time.plot([row.seconds_per_query for row in curve],
+                     [row.metrics[metric] for row in curve], "o-", color=color, label=name)
+        for row in curve if name == label else ():
             if row.percentage in (5, 10, 25, 50):
                 by_time.annotate(_format_percentage(row.percentage),
                                  (row.seconds_per_query, row.metrics[metric]),
                                  textcoords="offset points", xytext=(4, -10), fontsize=8)
     for row in students:
-        label = f"{row.method} ({row.kb_per_video:.4g} KB/video)"
+        legend = f"{row.method} ({row.kb_per_video:.4g} KB/video)"
         by_share.axhline(row.metrics[metric], linestyle="--", color=colors.get(row.method),
-                         label=label)
+                         label=legend)
         by_time.plot([row.seconds_per_query], [row.metrics[metric]], "s", markersize=8,
-                     color=colors.get(row.method), label=label)
+                     color=colors.get(row.method), label=legend)
     by_share.set_xlabel("database re-ranked by the fine student (%)")
     by_time.set_xlabel("seconds per query")
     by_time.set_xscale("log")

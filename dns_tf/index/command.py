@@ -3,6 +3,7 @@
     dns-tf index create videos.idx --coarse cg.keras --fine fg_bin.keras --selector selector.pth
     dns-tf index add videos.idx --features features.h5 [--ids v1 v2 ...] [--batch_size 16]
     dns-tf index remove videos.idx v1 v2
+    dns-tf index calibrate videos.idx [--method isotonic --max_pairs 4096]
     dns-tf index stats videos.idx [--json]
     dns-tf index verify videos.idx [--repair]
     dns-tf index search videos.idx --features features.h5 --query q1 q2 [--mode dns
@@ -15,8 +16,11 @@ whose weights differ from the recorded fingerprints are refused. ``add`` indexes
 videos of a feature file (the authors' HDF5 layout or TFRecord shards) in batches, each committed
 on its own: an interrupted run loses at most one batch, and a rerun skips the videos already in the
 index. A video that cannot be indexed (bad features, networks failing on it) is reported on one
-line naming it and skipped; the rest of its batch is committed. Exit codes: 0 success, 1 an index,
-file or video problem (the message names it; with skipped videos, after committing the others).
+line naming it and skipped; the rest of its batch is committed. After adding, ``add`` refits the
+index's label-free coarse-to-fine score map (a bounded sample of pairs of its videos, scored by
+both students; ``calibration.json``), which puts coarse and fine scores on one scale for DnS's
+merge; ``calibrate`` refits it on demand. Exit codes: 0 success, 1 an index, file or video problem
+(the message names it; with skipped videos, after committing the others).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import sys
 
 import numpy as np
 
+from dns_tf.calibration import CalibrationConfig
 from dns_tf.config import add_arguments, field, from_arguments
 from dns_tf.retrieval import SearchConfig
 
@@ -66,6 +71,12 @@ def register(subparsers) -> None:
                      help="index only these video ids (default: every video of the file)")
     add_arguments(add, AddConfig)
     add.set_defaults(func=run_add)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="refit the coarse-to-fine score map on the index's own videos")
+    calibrate.add_argument("index", help="index directory")
+    add_arguments(calibrate, CalibrationConfig)
+    calibrate.set_defaults(func=run_calibrate)
 
     remove = commands.add_parser("remove", help="remove videos from the index")
     remove.add_argument("index", help="index directory")
@@ -196,17 +207,51 @@ def run_add(args) -> int:
                     added += len(ids)
                     progress.update(len(batch))
             total = len(index)
+            calibration = _refresh(index, backend, CalibrationConfig(), force=added > 0)
     except _errors() as error:
         if added:
             print(f"dns-tf index: {added} videos were added before the error; a rerun resumes "
                   f"after them", file=sys.stderr)
         return _fail(_message(error))
     print(f"added {added} videos ({skipped} already indexed); {total} videos in {args.index}")
+    if calibration is not None:
+        print(_describe(calibration))
     for video_id, reason in failed:
         print(f"dns-tf index: skipped video {video_id!r}: {reason}", file=sys.stderr)
     if failed:
         return _fail(f"{len(failed)} videos of {args.features} could not be indexed (listed "
                      f"above); the other {added} are committed")
+    return 0
+
+
+def _refresh(index, backend, config, force: bool):
+    """Refits and stores the coarse-to-fine map when videos were added (``force``) or none is
+    stored; None for an index of fewer than two videos (nothing to calibrate)."""
+    from dns_tf.calibration import IndexCalibration, refresh_calibration
+
+    if len(index) < 2 or not force and IndexCalibration.load(index.path) is not None:
+        return None
+    return refresh_calibration(index, backend, config)
+
+
+def _describe(calibration) -> str:
+    fitted = calibration.fitted_on
+    return (f"score calibration: coarse-to-fine map ({fitted['method']}) fitted on "
+            f"{fitted['pairs']} pairs of the {fitted['videos']} videos")
+
+
+def run_calibrate(args) -> int:
+    from dns_tf.index.store import VideoIndex
+
+    try:
+        config = from_arguments(CalibrationConfig, args)
+        with VideoIndex.open(args.index, readonly=True) as index:
+            if len(index) < 2:
+                return _fail(f"{args.index} holds {len(index)} videos; calibrating needs >= 2")
+            calibration = _refresh(index, open_backend(index), config, force=True)
+    except _errors() as error:
+        return _fail(_message(error))
+    print(_describe(calibration))
     return 0
 
 

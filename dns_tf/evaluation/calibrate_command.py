@@ -1,0 +1,144 @@
+"""``dns-tf calibrate``: the score from which a hit is a match, fitted on labelled pairs, stored
+with the index.
+
+    dns-tf calibrate --index videos.idx --features features.h5 --dataset FIVR-5K \\
+        --annotations fivr.pickle [--target_precision 0.95] [--plot pr.png] [search flags]
+
+The dataset's queries found in ``--features`` are searched against its database videos in the
+index, scored exactly as ``search`` scores them with the same flags (merge, routing, percentage);
+every (query, database video) pair the annotation labels (``RetrievalDataset.pair_labels``: e.g.
+FIVR's near-duplicates and duplicate scenes against every other video) is a labelled pair. The
+lowest score whose pairs are ``--target_precision`` precise becomes the match threshold in
+``<index>/calibration.json``: ``search --matches_only`` and ``Hit.is_match`` use it. ``--plot``
+draws precision against recall for the search's scores, the fine student's alone and the coarse
+student's mapped onto the fine scale. Exit codes: 0, 1 (a file, index or threshold problem),
+2 (usage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+import numpy as np
+
+from dns_tf.calibration import (CalibrationConfig, IndexCalibration, MatchThreshold,
+                                fit_index_calibration, fit_match_threshold, plot_precision_recall)
+from dns_tf.config import add_arguments, field, from_arguments
+from dns_tf.evaluation.annotations import AnnotationFormatError, UnsafeAnnotationError
+from dns_tf.evaluation.datasets import DATASET_NAMES, canonical_dataset_name, load_dataset
+from dns_tf.evaluation.sweep import dns_similarities
+from dns_tf.retrieval import SearchConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class ThresholdConfig:
+    """What the threshold must achieve."""
+
+    target_precision: float = field(0.95, "precision the matches must reach on the labelled "
+                                          "pairs")
+
+    def __post_init__(self):
+        if not 0.0 < self.target_precision <= 1.0:
+            raise ValueError(f"--target_precision must be in (0, 1], got {self.target_precision}")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "calibrate", help="fit the match threshold on labelled pairs and store it with an index",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--index", required=True, help="video index directory")
+    parser.add_argument("--features", required=True,
+                        help="region features holding the dataset's query videos")
+    parser.add_argument("--dataset", required=True, type=canonical_dataset_name,
+                        help=f"benchmark whose labels are used: {', '.join(DATASET_NAMES)}")
+    parser.add_argument("--annotations", required=True,
+                        help="the dataset's annotation file (or a folder holding it)")
+    parser.add_argument("--plot", metavar="OUT.png", help="draw the precision-recall curves here")
+    parser.add_argument("--json", action="store_true", help="print the threshold as JSON")
+    add_arguments(parser, ThresholdConfig)
+    add_arguments(parser, SearchConfig)
+    parser.set_defaults(func=run, parser=parser)
+
+
+def labelled_scores(dataset, queries, scores: np.ndarray, available: np.ndarray):
+    """``(scores [P], labels [P])`` of every labelled pair among the available database videos;
+    ``scores`` is ``[Q, N]`` over ``dataset.database``."""
+    column_of = {video: column for column, video in enumerate(dataset.database)}
+    values, labels = [], []
+    for row, query in enumerate(queries):
+        positives, negatives = dataset.pair_labels(query)
+        if negatives is None:
+            negatives = set(dataset.database) - positives - {query}
+        for videos, label in ((positives, True), (negatives, False)):
+            columns = [column_of[v] for v in videos if v in column_of and available[column_of[v]]]
+            values.append(scores[row, columns])
+            labels.append(np.full(len(columns), label))
+    return np.concatenate(values), np.concatenate(labels)
+
+
+def calibrate_threshold(index, backend, dataset, query_features, search: SearchConfig,
+                        target_precision: float, plot: str | None = None):
+    """Fits the match threshold of ``index`` on ``dataset``'s labelled pairs, stores it and
+    returns ``(IndexCalibration, curves)``; ``query_features`` maps query ids to ``[T, R, D]``.
+    An index without a coarse-to-fine map gets one first (the threshold is on its scale)."""
+    from dns_tf.retrieval import DnSRetriever
+
+    queries = [query for query in dataset.queries if query in query_features]
+    if not queries:
+        raise ValueError(f"the features hold none of the {len(dataset.queries)} {dataset.name} "
+                         f"queries")
+    calibration = (IndexCalibration.load(index.path)
+                   or fit_index_calibration(index, backend, CalibrationConfig()))
+    retriever = DnSRetriever(index, backend)
+    scores = retriever.database_scores([query_features[q] for q in queries], dataset.database)
+    searched = dns_similarities(scores.coarse, scores.fine, scores.selector, search,
+                                calibration.coarse_to_fine, scores.available)
+    curves = {f"search ({search.mode}, merge {search.merge})": labelled_scores(
+                  dataset, queries, searched, scores.available),
+              "fine student": labelled_scores(dataset, queries, scores.fine, scores.available),
+              "coarse student, calibrated": labelled_scores(
+                  dataset, queries, calibration.coarse_to_fine(scores.coarse), scores.available)}
+    values, labels = next(iter(curves.values()))
+    threshold = fit_match_threshold(values, labels, target_precision,
+                                    source=f"{dataset.name}, {len(queries)} queries")
+    calibration = dataclasses.replace(calibration, threshold=threshold)
+    calibration.save(index.path)
+    if plot:
+        plot_precision_recall(curves, threshold, plot, title=f"{dataset.name}: labelled pairs")
+    return calibration, curves
+
+
+def run(args) -> int:
+    try:
+        search = from_arguments(SearchConfig, args)
+        config = from_arguments(ThresholdConfig, args)
+    except ValueError as error:
+        args.parser.error(str(error))
+
+    from dns_tf.data.feature_files import FeatureFileError, open_features
+    from dns_tf.index.command import open_backend
+    from dns_tf.index.store import VideoIndex, VideoIndexError
+
+    try:
+        dataset = load_dataset(args.dataset, args.annotations)
+        with VideoIndex.open(args.index, readonly=True) as index, \
+                open_features(args.features) as features:
+            queries = {query: features[query] for query in dataset.queries if query in features}
+            calibration, _ = calibrate_threshold(index, open_backend(index), dataset, queries,
+                                                 search, config.target_precision, args.plot)
+    except (OSError, ValueError, KeyError, AnnotationFormatError, UnsafeAnnotationError,
+            FeatureFileError, VideoIndexError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"dns-tf calibrate: error: {message}", file=sys.stderr)
+        return 1
+    threshold: MatchThreshold = calibration.threshold
+    if args.json:
+        print(json.dumps(dataclasses.asdict(threshold), indent=2))
+    else:
+        print(f"match threshold {threshold.score:.4f}: precision {threshold.precision:.3f}, "
+              f"recall {threshold.recall:.3f} on {threshold.pairs} labelled pairs "
+              f"({threshold.positives} matches, {threshold.source}); stored in {args.index}")
+    return 0

@@ -24,6 +24,7 @@ setup(
         "google-crc32c>=1.5",  # TFRecord record checksums, checked on read
         "scikit-learn>=1.4",
     ],
-    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100"]},
+    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100",
+                             "import-linter>=2.17"]},
     entry_points={"console_scripts": ["dns-tf=dns_tf.cli:main"]},
 )

@@ -34,9 +34,12 @@ import tempfile
 from typing import Sequence
 
 import numpy as np
+# A bare Figure on the Agg canvas: no pyplot, no global backend switch for the caller.
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from sklearn.isotonic import IsotonicRegression
 
-from dns_tf.config import field
+from dns_tf.flags import field
 
 CALIBRATION_FILE = "calibration.json"
 CALIBRATION_METHODS = ("isotonic", "quantile")
@@ -335,9 +338,6 @@ def plot_precision_recall(curves: dict, threshold: MatchThreshold | None,
                           path_png: str | os.PathLike, title: str | None = None) -> None:
     """Precision against recall of each ``{name: (scores [P], labels [P])}``, with the fitted
     threshold marked on the first curve."""
-    # A bare Figure on the Agg canvas: no pyplot, no global backend switch for the caller.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
     figure = Figure(figsize=(6, 4.5), layout="constrained")
     FigureCanvasAgg(figure)

@@ -42,13 +42,17 @@ from concurrent import futures
 from typing import Protocol, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from dns_tf.calibration import IndexCalibration, ScoreMap, fit_index_calibration
-from dns_tf.config import field
+from dns_tf.convert import load_network
+from dns_tf.flags import field
 from dns_tf.index.fine_store import pack_bits
 from dns_tf.index.store import VideoIndex
 from dns_tf.localization.networks import localize_hits
+from dns_tf.models import CoarseGrainedStudent, FineGrainedStudent, SelectorNetwork
 from dns_tf.models.fingerprint import fingerprint
+from dns_tf.similarity_fast import FastFineSimilarity
 
 SEARCH_MODES = ("dns", "coarse", "fine")
 # Stored fine representations read per batch of fine similarities: memory stays bounded whatever
@@ -284,16 +288,11 @@ class LocalBackend:
     @classmethod
     def from_files(cls, coarse: str, fine: str, selector: str, **kwargs) -> "LocalBackend":
         """Loads the three networks from ``.keras`` files or official ``.pth`` checkpoints."""
-        from dns_tf.convert import load_network
-        from dns_tf.models import CoarseGrainedStudent, FineGrainedStudent, SelectorNetwork
-
         return cls(load_network(coarse, CoarseGrainedStudent, "coarse student"),
                    load_network(fine, FineGrainedStudent, "fine student"),
                    load_network(selector, SelectorNetwork, "selector"), **kwargs)
 
     def __init__(self, coarse_student, fine_student, selector, batch_size: int = 64):
-        from dns_tf.similarity_fast import FastFineSimilarity
-
         self.coarse_student = coarse_student
         self.fine_student = fine_student
         self.selector = selector
@@ -493,8 +492,6 @@ class DnSRetriever:
                 marked unavailable and score 0.
             progress: show a progress bar.
         """
-        from tqdm import tqdm
-
         columns = {video_id: column for column, video_id in enumerate(database)}
         available = np.array([video_id in self.index for video_id in database], bool)
         available_ids = [video_id for video_id, present in zip(database, available) if present]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from dns_tf.config import field
+from dns_tf.flags import field
 
 MAX_PORT = 65535
 

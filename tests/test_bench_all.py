@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from dns_tf.bench.command import BENCHMARKS, default_arguments
+from dns_tf.bench.registry import BENCHMARKS, default_arguments
 from dns_tf.cli import main
 
 

@@ -10,7 +10,7 @@ from dns_tf.calibration import (COARSE_RANGE, IndexCalibration, MatchThreshold, 
                                 fit_coarse_to_fine, fit_match_threshold, plot_precision_recall,
                                 precision_recall)
 from dns_tf.evaluation import FIVR, Cost, dns_sweep
-from dns_tf.evaluation.calibrate_command import labelled_scores
+from dns_tf.evaluation.thresholds import labelled_scores
 from dns_tf.evaluation.sweep import dns_similarities
 from dns_tf.retrieval import PAPER_SEARCH, SearchConfig
 

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from dns_tf import demo, demo_report
-from dns_tf.data import video_collection as vc
+from dns_tf.demo import report as demo_report
+from dns_tf.demo import steps as demo
+from dns_tf.synthetic import videos as vc
 
 
 def _method(dsvr, ms, kb):

@@ -11,7 +11,7 @@ from dns_tf import cli
 from dns_tf.evaluation import (FIVR, SVD, AnnotationFormatError, SimilarityMatrix,
                                UnsafeAnnotationError, load_annotation_pickle, load_dataset,
                                read_svd_ground_truth)
-from dns_tf.evaluation import command
+from dns_tf.cli import evaluate as command
 from dns_tf.evaluation.metrics import (ranked_average_precision, threshold_average_precision,
                                        trapezoidal_average_precision)
 from dns_tf.evaluation.similarities import Candidates, read_available_ids
@@ -237,7 +237,7 @@ def _parse(argv):
 
 
 def test_cli_evaluate_json(reference_dir, capsys):
-    assert "dns_tf.evaluation.command" in cli.COMMAND_MODULES
+    assert "evaluate" in cli.COMMANDS
     npz = str(reference_dir / "eval" / "eval_CC_WEB_VIDEO.npz")
     args = _parse(["evaluate", "--dataset", "cc_web_video", "--annotations",
                    str(reference_dir / "annotations"), "--similarities", npz,

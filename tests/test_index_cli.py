@@ -168,7 +168,7 @@ def test_one_bad_or_short_video_never_fails_its_batch(tmp_path, capsys, networks
     assert code == 1 and "added 0 videos (4 already indexed)" in out
     # A one-frame query answers in every search mode.
     for mode in ("coarse", "fine", "dns"):
-        code, out, err = run(capsys, "index", "search", path, "--features", features,
+        code, out, err = run(capsys, "search", "--index", path, "--features", features,
                              "--query", "short1", "--mode", mode, "--json")
         hits = json.loads(out)["queries"][0]["hits"]
         assert code == 0 and len(hits) == 4 and all(np.isfinite(h["score"]) for h in hits), err
@@ -176,7 +176,7 @@ def test_one_bad_or_short_video_never_fails_its_batch(tmp_path, capsys, networks
 
 def test_search_matches_the_library(capsys, filled_index, features_h5, networks, videos):
     path, database = filled_index
-    code, out, _ = run(capsys, "index", "search", path, "--features", features_h5, "--query",
+    code, out, _ = run(capsys, "search", "--index", path, "--features", features_h5, "--query",
                        *QUERIES, "--percentage", "50", "--top", "5", "--json")
     assert code == 0
     result = json.loads(out)
@@ -198,7 +198,7 @@ def test_a_moved_index_still_searches(tmp_path, capsys, filled_index, features_h
     path, _ = filled_index
     moved = tmp_path / "elsewhere" / "moved.idx"
     shutil.copytree(path, moved)
-    argv = ["index", "search", path, "--features", features_h5, "--query", "q0",
+    argv = ["search", "--index", path, "--features", features_h5, "--query", "q0",
             "--percentage", "50", "--json"]
     _, expected, _ = run(capsys, *argv)
     argv[2] = moved
@@ -218,14 +218,14 @@ def test_networks_with_other_weights_are_refused(tmp_path, capsys, networks, fea
     # Another binarization student's weights where the index keeps its copy.
     keras.utils.set_random_seed(3)
     FineGrainedStudent(binarization=True).save(path / "networks" / "fine.keras")
-    code, _, err = run(capsys, "index", "search", path, "--features", features_h5,
+    code, _, err = run(capsys, "search", "--index", path, "--features", features_h5,
                        "--query", "q0")
     assert code == 1 and "other networks" in err and recorded["fine"] in err
 
 
 def test_search_prints_a_table(capsys, filled_index, features_h5):
     path, database = filled_index
-    code, out, _ = run(capsys, "index", "search", path, "--features", features_h5, "--query",
+    code, out, _ = run(capsys, "search", "--index", path, "--features", features_h5, "--query",
                        "q0", "--mode", "fine", "--top", "3")
     assert code == 0
     assert f"query q0: {len(database)} candidates, {len(database)} re-ranked" in out
@@ -233,7 +233,7 @@ def test_search_prints_a_table(capsys, filled_index, features_h5):
 
 
 def test_search_reports_an_unknown_query(capsys, filled_index, features_h5):
-    code, _, err = run(capsys, "index", "search", filled_index[0], "--features", features_h5,
+    code, _, err = run(capsys, "search", "--index", filled_index[0], "--features", features_h5,
                        "--query", "missing")
     assert code == 1 and "missing" in err
 
@@ -323,7 +323,7 @@ def test_calibrate_stores_a_threshold_that_search_uses(tmp_path, capsys, filled_
     stored = json.loads((path / "calibration.json").read_text())["threshold"]
     assert stored == threshold
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    code, out, _ = run(capsys, "index", "search", path, "--features", features_h5, "--query",
+    code, out, _ = run(capsys, "search", "--index", path, "--features", features_h5, "--query",
                        "q0", "--matches_only", "--json")
     hits = json.loads(out)["queries"][0]["hits"]
     assert hits and all(hit["is_match"] and hit["score"] >= threshold["score"] for hit in hits)
@@ -345,7 +345,7 @@ def test_search_localises_the_copies_of_reranked_hits(capsys, filled_index, feat
     path, database = filled_index
 
     def hits(*settings):
-        code, out, _ = run(capsys, "index", "search", path, "--features", features_h5, "--query",
+        code, out, _ = run(capsys, "search", "--index", path, "--features", features_h5, "--query",
                            "q0", "--top", str(len(database)), "--segments", "--json", *settings)
         assert code == 0
         return json.loads(out)["queries"][0]["hits"]
@@ -359,13 +359,13 @@ def test_search_localises_the_copies_of_reranked_hits(capsys, filled_index, feat
         [segment] = hit["segments"]
         assert [segment[key] for key in ("query_start", "query_end", "target_start",
                                          "target_end")] == [0, length, 0, length]
-    code, out, _ = run(capsys, "index", "search", path, "--features", features_h5, "--query",
+    code, out, _ = run(capsys, "search", "--index", path, "--features", features_h5, "--query",
                        "q0", "--mode", "fine", "--segments")
     assert code == 0 and f"query 0.0-{length}.0 s = target 0.0-{length}.0 s" in out
 
 
 def test_a_batch_the_networks_fail_on_is_retried_video_by_video():
-    from dns_tf.index.command import index_videos
+    from dns_tf.indexing import index_videos
     from dns_tf.retrieval import IndexedVideos
 
     class Backend:
@@ -400,9 +400,9 @@ def test_verify_repair_and_a_damaged_index_are_one_line_errors(tmp_path, capsys,
         byte = f.read(1)
         f.seek(128 * 4 + 7)
         f.write(bytes([byte[0] ^ 1]))
-    code, _, err = run(capsys, "index", "search", path, "--features", features_h5, "--query", "q0")
+    code, _, err = run(capsys, "search", "--index", path, "--features", features_h5, "--query", "q0")
     assert code == 1 and len(err.strip().splitlines()) == 1
-    assert err.startswith("dns-tf index: error: ") and "'x1' fails its CRC-32 check" in err
+    assert err.startswith("dns-tf search: error: ") and "'x1' fails its CRC-32 check" in err
     code, _, err = run(capsys, "index", "add", path, "--features", features_h5, "--ids", "x3")
     assert code == 1 and "not written to" in err and "index verify" in err
     code, _, err = run(capsys, "index", "verify", path)

@@ -248,7 +248,7 @@ def test_selector_dataset_balances_classes_each_epoch():
 
 def test_reads_feature_files_and_synthetic_collections(tmp_path):
     from dns_tf.data.feature_files import open_features, open_writer
-    from dns_tf.data.synthetic import SyntheticConfig, make_synthetic_collection
+    from dns_tf.synthetic.features import SyntheticConfig, make_synthetic_collection
 
     with open_writer(tmp_path / "features.h5") as writer:
         for video_id, video in FEATURES.items():

@@ -151,7 +151,7 @@ def test_xla_signatures_need_the_cpu_flag(setup):
 
 
 def test_export_index_and_search_through_the_store_from_the_command_line(tmp_path, capsys):
-    """``dns-tf export --index`` then ``dns-tf search``: the ranking of ``dns-tf index search``,
+    """``dns-tf export --index`` then ``dns-tf search``: the ranking of ``dns-tf search`` in process,
     with the targets' representations read on the server only (the client's copy of them is
     destroyed, and the search still answers)."""
     paths = {}
@@ -170,7 +170,7 @@ def test_export_index_and_search_through_the_store_from_the_command_line(tmp_pat
     assert "dns_store: version 1" in capsys.readouterr().out
     query = ["--features", str(tmp_path / "features.h5"), "--query", "v3", "--mode", "fine",
              "--json"]
-    assert cli_main(["index", "search", str(index), *query]) == 0
+    assert cli_main(["search", "--index", str(index), *query]) == 0
     expected = json.loads(capsys.readouterr().out)["queries"][0]["hits"]
     (index / "fine.bin").write_bytes(b"\0" * (index / "fine.bin").stat().st_size)
     with ModelServer(out / "models.config", xla_cpu_compilation_enabled=True) as server:

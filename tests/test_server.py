@@ -25,7 +25,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 
 from saved_model_fixtures import ASSERT_LIMIT, adder_reference, write_adder, write_pixel_sum
 from serving.batching import read_batching_parameters
-from serving.command import register
+from dns_tf.cli.serve import register
 from serving.model_config import (available_versions, read_model_server_config,
                                   resolve_servable_models, write_model_server_config)
 from serving.client import ServingClient, ServingRequestError

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dns_tf.data.synthetic import (LABELS, SyntheticConfig, SyntheticFeatures,
+from dns_tf.synthetic.features import (LABELS, SyntheticConfig, SyntheticFeatures,
                                    make_synthetic_collection)
 
 CONFIG = SyntheticConfig(seed=0, dims=32, queries=6, distractors=60, training_incidents=3,

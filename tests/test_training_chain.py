@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dns_tf.data.pairs import POOLS, load_pairs, merge_pairs, save_pairs
-from dns_tf.data.synthetic import SyntheticConfig, make_synthetic_collection
+from dns_tf.synthetic.features import SyntheticConfig, make_synthetic_collection
 from dns_tf.models import ViSiLTeacher
 from training.config import (DistillationConfig, PairsConfig, SelectorTrainingConfig,
                              TeacherTrainingConfig)

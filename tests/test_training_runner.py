@@ -13,7 +13,7 @@ import pytest
 from dns_tf.cli import main
 from dns_tf.data.feature_files import open_writer
 from dns_tf.data.pairs import load_pairs, save_pairs
-from dns_tf.data.synthetic import SyntheticConfig, make_synthetic_collection
+from dns_tf.synthetic.features import SyntheticConfig, make_synthetic_collection
 from dns_tf.models import FineGrainedStudent, ViSiLTeacher, load_model
 from training.callbacks import resumed_epoch
 from training.config import DistillationConfig, PairsConfig

@@ -1,4 +1,4 @@
-"""dns_tf.data.video_collection: real files that decode, labels that hold, reruns that resume."""
+"""dns_tf.synthetic.videos: real files that decode, labels that hold, reruns that resume."""
 
 import argparse
 import hashlib
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from dns_tf import cli
-from dns_tf.data import collection_command
-from dns_tf.data import video_collection as vc
+from dns_tf.cli import generate_videos as collection_command
+from dns_tf.synthetic import videos as vc
 from dns_tf.evaluation.datasets import FIVR
 from dns_tf.features.video import load_video, probe_video
 
@@ -312,7 +312,7 @@ def test_invalid_configuration_is_refused():
 
 
 def test_cli_generate_videos(tiny, capsys):
-    assert "dns_tf.data.collection_command" in cli.COMMAND_MODULES
+    assert "generate-videos" in cli.COMMANDS
     parser = argparse.ArgumentParser()
     collection_command.register(parser.add_subparsers(dest="command"))
     flags = [f"--{name}={value}" for name, value in vars(TINY).items()]

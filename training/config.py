@@ -1,6 +1,6 @@
 """What each training program is told: frozen dataclasses with the papers' defaults.
 
-``dns-tf train <program>`` derives its flags from these fields (:mod:`dns_tf.config`), so a flag,
+``dns-tf train <program>`` derives its flags from these fields (:mod:`dns_tf.flags`), so a flag,
 its default and its help text exist only here. Defaults follow the authors' ``train_student.py``
 and ``train_selector.py`` (DnS) and the ViSiL paper (teacher).
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from dns_tf.config import field
+from dns_tf.flags import field
 
 #: ``--strategy`` values: one process on the default device, all local GPUs, or several workers
 #: (``TF_CONFIG``), see :mod:`training.distribute`.

@@ -140,7 +140,7 @@ class BenchmarkEvaluator:
     Args:
         model: the network being evaluated; its current weights are used at each call.
         features: Mapping video id -> ``[T, R, D]``.
-        benchmark: a :class:`~dns_tf.data.synthetic.SyntheticCollection` or a
+        benchmark: a :class:`~dns_tf.synthetic.features.SyntheticCollection` or a
             :class:`~dns_tf.evaluation.datasets.RetrievalDataset` (FIVR, CC_WEB_VIDEO, ...):
             anything with ``queries``, ``database`` and ``evaluate``.
     """

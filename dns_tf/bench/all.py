@@ -14,7 +14,7 @@ import time
 import traceback
 from typing import Any
 
-from dns_tf.bench.command import BENCHMARKS, default_arguments
+from dns_tf.bench.registry import BENCHMARKS, benchmark, default_arguments
 
 
 def add_arguments(parser) -> None:
@@ -25,8 +25,6 @@ def add_arguments(parser) -> None:
 
 
 def measure(args) -> dict[str, Any]:
-    import importlib
-
     names = args.only or [name for name in BENCHMARKS if name != "all"]
     report: dict[str, Any] = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
                                          f"{platform.platform()}",
@@ -34,8 +32,7 @@ def measure(args) -> dict[str, Any]:
     for name in names:
         started = time.perf_counter()
         try:
-            module = importlib.import_module(f"dns_tf.bench.{name}")
-            result = module.measure(default_arguments(name, args.quick))
+            result = benchmark(name).measure(default_arguments(name, args.quick))
         except Exception as error:  # one failure must not lose the other results
             result = {"error": f"{type(error).__name__}: {error}",
                       "traceback": traceback.format_exc(limit=5)}

@@ -47,7 +47,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from dns_tf.bench.command import machine_load
+from dns_tf.bench.registry import machine_load
 
 REGIONS = 9
 FEATURE_DIMS = 512        # region dims of the students, and the bits of the binarization student

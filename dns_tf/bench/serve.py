@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from dns_tf.bench.command import machine_load
+from dns_tf.bench.registry import machine_load
 
 CLIENTS = (1, 4, 16)
 TARGET_RATIO = 0.8

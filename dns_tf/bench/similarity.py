@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from dns_tf.bench.command import machine_load
+from dns_tf.bench.registry import machine_load
 
 
 REGIONS = 9

@@ -52,6 +52,8 @@ from collections.abc import Iterator, Mapping
 import google_crc32c
 import h5py
 import numpy as np
+import tensorflow as tf
+from tensorflow.core.example import example_pb2
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
 TFRECORD_SUFFIX = ".tfrecord"
@@ -200,8 +202,6 @@ class _Lock:
 
 def encode_example(video_id: str, features: np.ndarray) -> bytes:
     """One video as a serialised ``tf.train.Example`` (see the module docstring for its fields)."""
-    from tensorflow.core.example import example_pb2
-
     example = example_pb2.Example()
     fields = example.features.feature
     fields["video_id"].bytes_list.value.append(video_id.encode("utf-8"))
@@ -213,8 +213,6 @@ def encode_example(video_id: str, features: np.ndarray) -> bytes:
 
 def decode_example(record: bytes, where: str = "record") -> tuple[str, np.ndarray]:
     """``(video_id, features [T, R, D] float32)`` from :func:`encode_example`'s bytes."""
-    from tensorflow.core.example import example_pb2
-
     try:
         fields = example_pb2.Example.FromString(record).features.feature
         video_id = fields["video_id"].bytes_list.value[0].decode("utf-8")
@@ -410,8 +408,6 @@ class TFRecordFeatureWriter:
 
     def write(self, video_id: str, features) -> None:
         """Appends one video ``[T, R, D]``; it is on disk (in the OS) when this returns."""
-        import tensorflow as tf
-
         video_id = _check_video_id(video_id)
         if video_id in self._done:
             raise FeatureFileError(f"{video_id}: already written to {self.directory}")
@@ -759,8 +755,6 @@ def tfrecord_dataset(location: str | os.PathLike, num_parallel_reads: int | None
         location: a directory of shards, one shard, or a glob.
         num_parallel_reads: shards read in parallel (``tf.data.AUTOTUNE`` when None).
     """
-    import tensorflow as tf
-
     spec = {
         "video_id": tf.io.FixedLenFeature([], tf.string),
         "shape": tf.io.FixedLenFeature([3], tf.int64),

@@ -1,7 +1,7 @@
 """tf.data input pipelines for distillation, teacher training and selector training.
 
 All three read region features from any Mapping ``video id -> [T, R, D]`` (a feature file from
-:mod:`dns_tf.data.feature_files`, a :class:`~dns_tf.data.synthetic.SyntheticFeatures`, a dict) and
+:mod:`dns_tf.data.feature_files`, a :class:`~dns_tf.synthetic.features.SyntheticFeatures`, a dict) and
 yield dicts of padded batches. Videos in one batch share one padded length T, so a trainer may run
 them through ``index_video`` together (``[3B, T, R, D]``, as the reference does) or one role at a
 time. Masks are float32, 1 on real frames and 0 on padding.

@@ -35,6 +35,9 @@ import os
 from typing import Callable, Iterable, Mapping, Sequence, Union
 
 import numpy as np
+# A bare Figure on the Agg canvas: no pyplot, no global backend switch for the caller.
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from dns_tf.calibration import ScoreMap
@@ -261,9 +264,6 @@ def plot_sweep(rows: Sequence[SweepRow], path_png: str | os.PathLike,
         others: more DnS curves to draw beside it, ``{legend: sweep rows}`` (e.g. the paper's
             merge and routing next to the default).
     """
-    # A bare Figure on the Agg canvas: no pyplot, no global backend switch for the caller.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
     if not rows:
         raise ValueError("no sweep rows to plot")

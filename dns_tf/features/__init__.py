@@ -4,6 +4,8 @@
 The Keras classes load lazily so that decoding alone does not import TensorFlow.
 """
 
+import importlib
+
 _LAZY = {
     "FeatureExtractor": "dns_tf.features.extractor",
     "L3iMAC": "dns_tf.features.extractor",
@@ -15,6 +17,5 @@ _LAZY = {
 
 def __getattr__(name):
     if name in _LAZY:
-        import importlib
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

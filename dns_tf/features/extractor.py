@@ -28,8 +28,10 @@ from typing import Any, Hashable
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
+from dns_tf.convert.torch_pickle import load_torch_file
 from dns_tf.features.resnet import load_torchvision_weights, resnet50_torchvision
 from dns_tf.features.whitening import PCAComponents, PCAWhitening
 from dns_tf.layers.ops import l2_normalize
@@ -181,7 +183,6 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if path.endswith(".npz"):
         with np.load(path) as data:
             return {key: data[key] for key in data.files}
-    from dns_tf.convert.torch_pickle import load_torch_file
     content = load_torch_file(path)
     if isinstance(content, Mapping) and "state_dict" in content and isinstance(
             content["state_dict"], Mapping):
@@ -304,7 +305,6 @@ class FeatureExtractor(keras.Model):
 
     def _run_batch(self, frames: np.ndarray, batch_size: int) -> np.ndarray:
         """Runs the compiled network on ``frames`` padded to ``batch_size``; returns numpy."""
-        import tensorflow as tf
         if self._batch_function is None:
             self._batch_function = tf.function(lambda x: self(x, training=False))
         count = len(frames)

@@ -28,7 +28,9 @@ from collections.abc import Iterable
 import keras
 import numpy as np
 from keras import ops
+from tqdm import tqdm
 
+from dns_tf.convert.torch_pickle import load_torch_file
 from dns_tf.layers.ops import l2_normalize
 
 # Added to the eigenvalues before 1/sqrt, as the authors do, so null directions stay finite.
@@ -78,7 +80,6 @@ class PCAComponents:
             with np.load(path) as data:
                 content = {key: data[key] for key in data.files}
         elif path.endswith((".pth", ".pt")):
-            from dns_tf.convert.torch_pickle import load_torch_file
             content = load_torch_file(path)
         else:
             raise ValueError(
@@ -183,7 +184,6 @@ def fit_whitening(batches: Iterable, max_vectors: int | None = None,
     """
     accumulator = CovarianceAccumulator()
     if progress:
-        from tqdm import tqdm
         batches = tqdm(batches, desc="whitening", unit="batch")
     for batch in batches:
         batch = np.asarray(batch)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from dns_tf.config import field
+from dns_tf.flags import field
 
 _QUERY_CHUNK = 256        # queries scored together by brute force; bounds the [Q, N] block
 _ROW_CHUNK = 65_536       # database rows read at a time by exact whole-collection scoring
@@ -189,6 +189,7 @@ class ScannSearcher(CoarseSearcher):
     @staticmethod
     def _module():
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        # ScaNN loads only when an index uses it: its native library is large.
         from scann.scann_ops.py import scann_ops_pybind
         return scann_ops_pybind
 

@@ -12,6 +12,11 @@ import os
 from typing import Sequence
 
 import numpy as np
+# A bare Figure on the Agg canvas: no pyplot, no global backend switch for the caller.
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
 
 from dns_tf.localization.segments import Segment
 
@@ -32,11 +37,6 @@ def plot_localization(similarity: np.ndarray, path_png: str | os.PathLike,
         title: figure title, e.g. the pair's ids.
         query_fps, target_fps: frames per second of each axis (frame i covers [i, i+1) / fps).
     """
-    # A bare Figure on the Agg canvas: no pyplot, no global backend switch for the caller.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Rectangle
 
     similarity = np.asarray(similarity, np.float32)
     if similarity.ndim != 2 or 0 in similarity.shape:

@@ -66,7 +66,7 @@ import dataclasses
 
 import numpy as np
 
-from dns_tf.config import field
+from dns_tf.flags import field
 from dns_tf.localization.segments import Segment
 
 @dataclasses.dataclass(frozen=True)

@@ -11,6 +11,8 @@ from dns_tf.layers import VideoComparator
 from dns_tf.layers.ops import hardtanh, zero_masked
 from dns_tf.layers.similarity import (chamfer_similarity, pair_mask, paired_mask,
                                       region_chamfer_all_pairs, region_chamfer_paired)
+from dns_tf.localization.networks import localize
+from dns_tf.localization.temporal_network import LocalizationConfig
 from dns_tf.models.inputs import video_batch
 from dns_tf.models.losses import similarity_regularization
 
@@ -66,8 +68,6 @@ class FineGrainedSimilarityModel(keras.Model):
     def localize(self, query, target, config=None, fps=1.0):
         """Copied segments of indexed ``query`` ``[Tq, R, D]`` in ``target`` ``[Tt, R, D]``, in
         seconds, best first (:func:`dns_tf.localization.localize`)."""
-        from dns_tf.localization import LocalizationConfig, localize
-
         return localize(self, query, target, config or LocalizationConfig(), fps)
 
     def paired_similarity(self, query, target, query_mask, target_mask):

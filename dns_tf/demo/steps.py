@@ -1,4 +1,4 @@
-"""``dns-tf demo``: the paper's whole lifecycle on a generated collection of real video files.
+"""The demo: the paper's whole lifecycle on a generated collection of real video files.
 
     generate videos (ffmpeg) ─> extract L3-iMAC regions (ResNet50) ─> fit PCA whitening
     ─> train the ViSiL teacher on labelled triplets ─> teacher labels pairs of the training videos
@@ -19,14 +19,30 @@ import json
 import os
 import pathlib
 import resource
-import sys
 import time
 
 import numpy as np
 
-from dns_tf.config import add_arguments, field, from_arguments
+from dns_tf.data.feature_files import open_features, open_writer
+from dns_tf.data.pairs import load_pairs, save_pairs
+from dns_tf.demo import say
+from dns_tf.demo.report import evaluate_demo
+from dns_tf.features.batch import RESNET_ENV, ExtractConfig, extract_to_writer
+from dns_tf.features.extractor import FeatureExtractor
+from dns_tf.features.whitening import PCAComponents, PCAWhitening, fit_whitening
+from dns_tf.flags import field
+from dns_tf.models import load_model
+from dns_tf.synthetic.videos import CollectionConfig, generate_collection
+from serving.export import export_models
+from serving.model_config import MODELS_CONFIG_FILE
+from training.config import (DistillationConfig, PairsConfig, SelectorTrainingConfig,
+                             TeacherTrainingConfig)
+from training.distill import train_student
+from training.pairs import label_pairs, relabel_pairs
+from training.selector import selector_pairs, split_pairs, train_selector
+from training.teacher import train_teacher
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 REFERENCE_RESNET = REPO.parent / "shared" / "reference" / "checkpoints" / "resnet50_torchvision.npz"
 TEACHER_DIMS = 1024
 STUDENT_DIMS = 512
@@ -57,28 +73,6 @@ class DemoConfig:
     progress: bool = field(True, "progress bars")
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "demo", help="generate, train, serve, index and search a video collection, end to end",
-        description=__doc__.split("\n\n")[0])
-    add_arguments(parser, DemoConfig)
-    parser.set_defaults(func=run)
-
-
-def run(args) -> int:
-    config = from_arguments(DemoConfig, args)
-    started = time.perf_counter()
-    results = Demo(config).run()
-    print(f"\n{results['table']}\n")
-    print(f"report: {os.path.join(config.output, 'report.md')} "
-          f"({time.perf_counter() - started:.0f} s)")
-    return 0
-
-
-def say(message: str) -> None:
-    print(f"[dns-tf demo] {message}", file=sys.stderr, flush=True)
-
-
 class Demo:
     """The stages of the demo; each returns its product, building it only if it is missing."""
 
@@ -90,8 +84,6 @@ class Demo:
 
     # --------------------------------------------------------------------------------- data
     def collections(self):
-        from dns_tf.data.video_collection import CollectionConfig, generate_collection
-
         made = {}
         for split, seed, queries, distractors in (
                 ("train", self.config.seed + 1, self.config.train_queries,
@@ -107,8 +99,6 @@ class Demo:
         return made
 
     def _resnet(self) -> str | None:
-        from dns_tf.features.command import RESNET_ENV
-
         for candidate in (self.config.resnet, os.environ.get(RESNET_ENV),
                           REFERENCE_RESNET if REFERENCE_RESNET.is_file() else None):
             if candidate:
@@ -117,10 +107,6 @@ class Demo:
 
     def region_features(self, collections):
         """Raw 3840-d L3-iMAC regions of both collections, float16 HDF5."""
-        from dns_tf.data.feature_files import open_features, open_writer
-        from dns_tf.features.command import ExtractConfig, extract_to_writer
-        from dns_tf.features.extractor import FeatureExtractor
-
         extractor = None
         paths = {}
         for split, collection in collections.items():
@@ -149,9 +135,6 @@ class Demo:
         own from the training collection's few thousand, which supports fewer reliable
         components, so the teacher reads 1024 of them rather than ViSiL's 3840.
         """
-        from dns_tf.data.feature_files import open_features, open_writer
-        from dns_tf.features.whitening import PCAComponents, PCAWhitening, fit_whitening
-
         pca_path = self.root / "features" / "pca.npz"
         if not pca_path.is_file():
             train = raw["train"]
@@ -169,10 +152,6 @@ class Demo:
 
     # ----------------------------------------------------------------------------- training
     def teacher(self, collection, features):
-        from dns_tf.models import load_model
-        from training.config import TeacherTrainingConfig
-        from training.teacher import train_teacher
-
         path = self.root / "models" / "teacher" / "teacher.keras"
         if path.is_file():
             return load_model(path)
@@ -185,10 +164,6 @@ class Demo:
                              verbose=self._verbose()).network
 
     def teacher_pairs(self, teacher, features, collection):
-        from dns_tf.data.pairs import load_pairs, save_pairs
-        from training.config import PairsConfig
-        from training.pairs import label_pairs
-
         path = self.root / "models" / "teacher_pairs.pk"
         if not path.is_file():
             say("teacher labels the training videos' pairs")
@@ -200,10 +175,6 @@ class Demo:
         return load_pairs(path)
 
     def students(self, pairs, features):
-        from dns_tf.models import load_model
-        from training.config import DistillationConfig
-        from training.distill import train_student
-
         settings = {
             "fg_att": dict(student_type="fine-grained", attention=True),
             "fg_bin": dict(student_type="fine-grained", attention=False, binarization=True),
@@ -229,11 +200,6 @@ class Demo:
 
     def selector(self, students, pairs, features):
         """The selector learns where S^c and S^f_A disagree on the teacher's pairs."""
-        from dns_tf.models import load_model
-        from training.config import SelectorTrainingConfig
-        from training.pairs import relabel_pairs
-        from training.selector import selector_pairs, split_pairs, train_selector
-
         path = self.root / "models" / "selector" / "selector.keras"
         if path.is_file():
             return load_model(path)
@@ -256,9 +222,6 @@ class Demo:
 
     # ---------------------------------------------------------------------------- serving
     def export(self, students, selector, teacher):
-        from serving.export import export_models
-        from serving.model_config import MODELS_CONFIG_FILE
-
         base = self.root / "export"
         if not (base / MODELS_CONFIG_FILE).is_file():
             say("exporting SavedModels")
@@ -285,7 +248,6 @@ class Demo:
         with clock("export"):
             models_config = self.export(students, selector, teacher)
 
-        from dns_tf.demo_report import evaluate_demo
         with clock("serve, index, search, report"):
             results = evaluate_demo(self.root, collections["eval"], teacher,
                                     teacher_features["eval"], students, selector,

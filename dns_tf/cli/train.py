@@ -2,7 +2,7 @@
 
 Every program reads region features either from a file (``--features``: the authors' HDF5 layout or
 TFRecord shards, :mod:`dns_tf.data.feature_files`) or from the synthetic collection
-(``--synthetic`` with ``--synthetic_*`` settings, :mod:`dns_tf.data.synthetic`). Training flags
+(``--synthetic`` with ``--synthetic_*`` settings, :mod:`dns_tf.synthetic.features`). Training flags
 come from the dataclasses of :mod:`training.config`; ``--output`` names the run's directory (or the
 pairs file), and rerunning an interrupted command with the same ``--output`` resumes it.
 
@@ -30,8 +30,8 @@ import contextlib
 import json
 import sys
 
-from dns_tf.config import add_arguments, from_arguments
-from dns_tf.data.synthetic import SyntheticConfig
+from dns_tf.flags import add_arguments, from_arguments
+from dns_tf.synthetic.features import SyntheticConfig
 from training.config import (DistillationConfig, PairsConfig, SelectorTrainingConfig,
                              TeacherTrainingConfig)
 
@@ -125,7 +125,7 @@ def _run(run, config_cls, args) -> int:
 
 
 def _collection(args):
-    from dns_tf.data.synthetic import make_synthetic_collection
+    from dns_tf.synthetic.features import make_synthetic_collection
 
     return make_synthetic_collection(from_arguments(SyntheticConfig, args, prefix="synthetic_"))
 

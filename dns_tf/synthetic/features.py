@@ -45,7 +45,7 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from dns_tf.config import field
+from dns_tf.flags import field
 from dns_tf.evaluation.datasets import FIVR
 
 #: Labels of related videos, from most to least related.

@@ -16,6 +16,8 @@ from dns_tf.evaluation.annotations import AnnotationFormatError, UnsafeAnnotatio
 from dns_tf.evaluation.datasets import DATASET_NAMES, canonical_dataset_name, load_dataset
 from dns_tf.evaluation.similarities import SimilarityMatrix, read_available_ids
 from dns_tf.evaluation.sweep import DEFAULT_PERCENTAGES
+from dns_tf.localization.metrics import localization_metrics
+from dns_tf.localization.segments import SegmentFormatError, read_segments
 
 
 def register(subparsers) -> None:
@@ -52,7 +54,6 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.segments:
-        from dns_tf.localization.command import run_segments
 
         return run_segments(*args.segments, as_json=args.json)
     if not args.dataset or not args.annotations:
@@ -83,7 +84,7 @@ def run_index(args: argparse.Namespace) -> int:
     with measured seconds per query and the index's KB per video."""
     from dns_tf.data.feature_files import FeatureFileError, open_features
     from dns_tf.evaluation.sweep import Cost, dns_sweep, format_table, plot_sweep
-    from dns_tf.index.command import open_backend
+    from dns_tf.indexing import open_backend
     from dns_tf.index.store import VideoIndex, VideoIndexError
     from dns_tf.retrieval import PAPER_SEARCH, DnSRetriever, SearchConfig
 
@@ -132,4 +133,22 @@ def run_index(args: argparse.Namespace) -> int:
         print(format_table(sweeps["sweep"]))
         print("Paper (merge paper, routing selector; the authors' evaluation_dns.py):")
         print(format_table(sweeps["sweep_paper"]))
+    return 0
+
+
+def run_segments(truth_path: str, predictions_path: str, as_json: bool = False) -> int:
+    """Prints segment F1 at IoU 0.5 and the segment µAP; exit code 1 on a bad file."""
+    try:
+        truth = read_segments(truth_path)
+        predictions = read_segments(predictions_path, scored=True)
+    except (OSError, SegmentFormatError) as error:
+        print(f"dns-tf evaluate: error: {error}", file=sys.stderr)
+        return 1
+    metrics = localization_metrics(truth, predictions)
+    if as_json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print(f"{metrics['pairs']} pairs with ground truth: segment F1@IoU0.5 "
+              f"{metrics['segment_f1_iou50']:.4f} (precision {metrics['precision_iou50']:.4f}, "
+              f"recall {metrics['recall_iou50']:.4f}), segment muAP {metrics['segment_muap']:.4f}")
     return 0

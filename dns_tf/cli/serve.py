@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 
-from dns_tf.config import add_arguments, from_arguments
+from dns_tf.flags import add_arguments, from_arguments
 from serving.config import ServeConfig, check_server_settings
 
 

@@ -3,7 +3,7 @@
     dns-tf generate-videos demo_videos --num_queries 5 --seconds 12
 
 Writes ``OUT_DIR/videos/*.mp4`` and ``OUT_DIR/collection.json`` (see
-:mod:`dns_tf.data.video_collection`). Running it again completes an interrupted run and skips the
+:mod:`dns_tf.synthetic.videos`). Running it again completes an interrupted run and skips the
 videos already made. Exit code 0 on success, 1 when ffmpeg failed on a video, 2 on a bad flag.
 """
 
@@ -15,8 +15,8 @@ import pathlib
 import sys
 import time
 
-from dns_tf.config import add_arguments, from_arguments
-from dns_tf.data.video_collection import CollectionConfig, generate_collection
+from dns_tf.flags import add_arguments, from_arguments
+from dns_tf.synthetic.videos import CollectionConfig, generate_collection
 
 
 def register(subparsers) -> None:

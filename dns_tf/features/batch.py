@@ -1,35 +1,25 @@
-"""``dns-tf extract``: video files to a region feature file; ``dns-tf fit-whitening``: a PCA.
+"""Video files to a feature file, many at a time: finding videos, decoding them ahead on threads,
+batching frames across videos through the CNN, and the run's report.
 
-    dns-tf extract videos/ more/clip.mp4 --out features.h5 \\
-        --resnet resnet50-0676ba61.pth --pca pca_resnet50_vcdb_1M.pth --dims 512
-
-Videos are decoded by ``--workers`` threads while the CNN runs batches of ``--batch_size`` frames
-packed across videos. The output is resumable: a rerun skips the videos already in it, and a crash
-loses at most the videos in flight (see :mod:`dns_tf.data.feature_files`). Files that cannot be
-decoded are skipped; the run goes on and ends with a report of what was skipped and why, also
-written as JSON next to the output (``<out>.report.json``). The exit code is 0 when every video is
-in the output, 1 when some failed.
-
-The backbone is the authors' torchvision ResNet50: ``--resnet`` or ``$DNS_TF_RESNET50`` points at
-its ``state_dict`` (torchvision's ``resnet50-0676ba61.pth``, zip format, or an ``.npz`` of its
-arrays). ``--pca`` / ``$DNS_TF_PCA`` adds the authors' whitening (``pca_resnet50_vcdb_1M.pth``);
-without it the features are the 3840-d L3-iMAC vectors the ViSiL teacher takes.
-``--backbone keras`` uses keras.applications' ResNet50 instead (downloads ImageNet weights); its
-features do not match the official DnS weights.
+Used by ``dns-tf extract`` and the demo. The output is resumable: videos already in the writer are
+skipped, and a crash loses at most the videos in flight (see :mod:`dns_tf.data.feature_files`).
+Files that cannot be decoded are reported and skipped; the others go on.
 """
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import dataclasses
-import json
 import os
-import sys
 import time
 from collections.abc import Iterator, Sequence
 
-from dns_tf.config import add_arguments, field, from_arguments
+from tqdm import tqdm
+
+from dns_tf.data.feature_files import file_fingerprint
+from dns_tf.features.extractor import FeatureExtractor
+from dns_tf.features.video import VideoDecodeError, load_video
+from dns_tf.flags import field
 
 RESNET_ENV = "DNS_TF_RESNET50"
 PCA_ENV = "DNS_TF_PCA"
@@ -57,33 +47,6 @@ class ExtractConfig:
     format: str | None = field(None, "output format; None: h5 for .h5/.hdf5, else tfrecord",
                                choices=("h5", "tfrecord"))
     dtype: str = field("float32", "feature dtype on disk", choices=("float32", "float16"))
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "extract", help="extract region features (ResNet50 L3-iMAC) from video files",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("videos", nargs="+", help="video files and directories (searched "
-                                                  "recursively); the video id is the file name "
-                                                  "without extension")
-    parser.add_argument("--out", required=True, help="output: a .h5/.hdf5 file or a TFRecord "
-                                                     "directory")
-    parser.add_argument("--report", default=None, help="JSON report (default: <out>.report.json)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="no progress bar")
-    add_arguments(parser, ExtractConfig)
-    parser.set_defaults(func=run)
-
-    fit = subparsers.add_parser(
-        "fit-whitening", help="fit a PCA whitening on a feature file",
-        description="Learns the PCA whitening ({'mean','V','d'}, the authors' layout) of the "
-                    "region vectors of a feature file in one streaming pass, e.g. to use "
-                    "`extract --backbone keras` features with 512-d networks.")
-    fit.add_argument("features", help="a .h5/.hdf5 feature file or TFRecord shards")
-    fit.add_argument("--out", required=True, help="output .npz")
-    fit.add_argument("--max_vectors", type=int, default=1_000_000,
-                     help="region vectors used (default: 1000000, as the authors)")
-    fit.set_defaults(func=run_fit_whitening)
 
 
 def find_videos(inputs: Sequence[str]) -> tuple[list[tuple[str, str]], list[dict]]:
@@ -120,8 +83,6 @@ def decoded_videos(videos: Sequence[tuple[str, str]], workers: int, failures: li
                    **decode_options) -> Iterator[tuple[str, object]]:
     """``(video_id, frames [T, 224, 224, 3] uint8)`` in input order, decoded by ``workers``
     threads a few videos ahead; videos that fail to decode go to ``failures`` instead."""
-    from dns_tf.features.video import load_video
-
     lookahead = max(1, workers) + 1
     with concurrent.futures.ThreadPoolExecutor(max(1, workers), "decode") as pool:
         queue = []
@@ -134,8 +95,6 @@ def decoded_videos(videos: Sequence[tuple[str, str]], workers: int, failures: li
 
 
 def _take_first(queue, failures):
-    from dns_tf.features.video import VideoDecodeError
-
     video_id, path, future = queue.pop(0)
     try:
         frames = future.result()
@@ -159,8 +118,6 @@ def extract_to_writer(extractor, videos: Sequence[tuple[str, str]], writer,
         ``{"extracted", "already_done", "frames", "seconds", "frames_per_second", "failed":
         [{"video_id", "path", "reason"}]}``.
     """
-    from tqdm import tqdm
-
     todo = [(video_id, path) for video_id, path in videos if video_id not in writer]
     failures: list[dict] = []
     if not todo:
@@ -201,8 +158,6 @@ def extract_to_writer(extractor, videos: Sequence[tuple[str, str]], writer,
 
 def build_extractor(config: ExtractConfig):
     """The :class:`~dns_tf.features.extractor.FeatureExtractor` a config asks for."""
-    from dns_tf.features.extractor import FeatureExtractor
-
     pca = config.pca or os.environ.get(PCA_ENV) or None
     if config.backbone == "keras":
         return FeatureExtractor.from_keras_applications(pca, dims=config.dims)
@@ -223,58 +178,8 @@ def resnet_path(config: ExtractConfig) -> str:
 def provenance(config: ExtractConfig) -> dict:
     """What decides the features' values, recorded with them so that a run with other settings
     cannot append to the same file: dims, backbone weights, PCA and frame rate."""
-    from dns_tf.data.feature_files import file_fingerprint
-
     pca = config.pca or os.environ.get(PCA_ENV) or None
     backbone = ("keras-applications-imagenet" if config.backbone == "keras"
                 else f"torchvision:{file_fingerprint(resnet_path(config))}")
     return {"dims": config.dims or (512 if pca else 3840), "backbone": backbone,
             "pca": file_fingerprint(pca) if pca else None, "fps": float(config.fps)}
-
-
-def run(args) -> int:
-    from dns_tf.data.feature_files import FeatureFileError, open_writer
-
-    config = from_arguments(ExtractConfig, args)
-    report_path = args.report or os.path.normpath(args.out) + ".report.json"
-    if config.backbone == "torchvision":
-        resnet_path(config)
-    videos, problems = find_videos(args.videos)
-    try:
-        writer = open_writer(args.out, dtype=config.dtype, format=config.format,
-                             provenance=provenance(config))
-    except (FeatureFileError, OSError) as error:
-        print(f"dns-tf extract: error: {error}", file=sys.stderr)
-        return 1
-    with writer:
-        todo = sum(video_id not in writer for video_id, _ in videos)
-        # A finished collection is checked without loading the CNN.
-        extractor = build_extractor(config) if todo else None
-        print(f"{len(videos)} videos, {todo} to extract -> {args.out}"
-              + (f" ({extractor.dims}-d region features, {config.dtype})" if extractor else ""),
-              file=sys.stderr)
-        report = extract_to_writer(extractor, videos, writer, config, progress=args.progress)
-    report = {"output": args.out, "videos": len(videos), **report,
-              "failed": problems + report["failed"], "config": dataclasses.asdict(config)}
-    with open(report_path, "w", encoding="utf-8") as file:
-        json.dump(report, file, indent=2)
-    print(f"extracted {report['extracted']} videos ({report['frames']} frames, "
-          f"{report['frames_per_second'] or 0:.1f} frames/s); {report['already_done']} already in "
-          f"the output; {len(report['failed'])} skipped", file=sys.stderr)
-    for failure in report["failed"]:
-        print(f"  skipped {failure['path']}: {failure['reason']}", file=sys.stderr)
-    print(f"report: {report_path}", file=sys.stderr)
-    return 1 if report["failed"] else 0
-
-
-def run_fit_whitening(args) -> int:
-    from dns_tf.data.feature_files import open_features
-    from dns_tf.features.whitening import fit_whitening
-
-    with open_features(args.features) as features:
-        components = fit_whitening((features[video_id] for video_id in features.ids()),
-                                   max_vectors=args.max_vectors, progress=True)
-    components.save(args.out)
-    print(f"{args.features} -> {args.out}: PCA of {components.input_dims}-d vectors",
-          file=sys.stderr)
-    return 0

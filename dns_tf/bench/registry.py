@@ -1,22 +1,22 @@
-"""``dns-tf bench NAME [--json] [--quick]``: the speed benchmarks.
+"""The speed benchmarks and what they share.
 
 Each benchmark is a module ``dns_tf.bench.<NAME>`` with
 
-* ``measure(args) -> dict``: runs it and returns what it measured (the command prints it);
+* ``measure(args) -> dict``: runs it and returns what it measured (``dns-tf bench`` prints it);
 * optionally ``add_arguments(parser)``: its own flags (``--n`` ...), next to the common ``--json``
   (print one JSON object) and ``--quick`` (a small run for smoke tests).
 
 Adding a benchmark is a module plus one line in ``BENCHMARKS``. Modules are imported when the CLI
-is built, so keep heavy imports (TensorFlow, ScaNN) inside ``run``.
+is built, so keep heavy imports (TensorFlow, ScaNN) inside ``measure``.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib
-import os
 import json
+import os
+from types import ModuleType
 from typing import Any
 
 BENCHMARKS = (
@@ -31,25 +31,19 @@ BENCHMARKS = (
 )
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("bench", help="run a speed benchmark",
-                                   description="Speed benchmarks; each prints what it measured.")
-    names = parser.add_subparsers(dest="benchmark", metavar="NAME", required=True)
-    for name in BENCHMARKS:
-        module = importlib.import_module(f"dns_tf.bench.{name}")
-        sub = names.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0],
-                               description=module.__doc__,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
-        sub.add_argument("--json", action="store_true", help="print the result as one JSON object")
-        sub.add_argument("--quick", action="store_true", help="a small, fast run")
-        if hasattr(module, "add_arguments"):
-            module.add_arguments(sub)
-        sub.set_defaults(func=functools.partial(_run, module))
+def benchmark(name: str) -> ModuleType:
+    """The module of benchmark ``name``."""
+    if name not in BENCHMARKS:
+        raise ValueError(f"no benchmark {name!r}; the benchmarks are {BENCHMARKS}")
+    return importlib.import_module(f"dns_tf.bench.{name}")
 
 
-def _run(module, args) -> int:
-    print_result(module.measure(args), args.json)
-    return 0
+def add_common_arguments(parser: argparse.ArgumentParser, module: ModuleType) -> None:
+    """``--json``, ``--quick`` and the benchmark's own flags."""
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    parser.add_argument("--quick", action="store_true", help="a small, fast run")
+    if hasattr(module, "add_arguments"):
+        module.add_arguments(parser)
 
 
 def machine_load(load_before: tuple[float, ...]) -> dict[str, Any]:
@@ -61,12 +55,8 @@ def machine_load(load_before: tuple[float, ...]) -> dict[str, Any]:
 
 def default_arguments(name: str, quick: bool) -> argparse.Namespace:
     """The arguments ``dns-tf bench NAME [--quick]`` would run benchmark ``name`` with."""
-    module = importlib.import_module(f"dns_tf.bench.{name}")
     parser = argparse.ArgumentParser(prog=f"dns-tf bench {name}")
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--quick", action="store_true")
-    if hasattr(module, "add_arguments"):
-        module.add_arguments(parser)
+    add_common_arguments(parser, benchmark(name))
     return parser.parse_args(["--quick"] if quick else [])
 
 

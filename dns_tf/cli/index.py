@@ -1,4 +1,5 @@
-"""``dns-tf index``: build, inspect and search a DnS video index with the networks in process.
+"""``dns-tf index``: build and inspect a DnS video index with the networks in process (``dns-tf
+search --index`` searches it).
 
     dns-tf index create videos.idx --coarse cg.keras --fine fg_bin.keras --selector selector.pth
     dns-tf index add videos.idx --features features.h5 [--ids v1 v2 ...] [--batch_size 16]
@@ -6,8 +7,6 @@
     dns-tf index calibrate videos.idx [--method isotonic --max_pairs 4096]
     dns-tf index stats videos.idx [--json]
     dns-tf index verify videos.idx [--repair]
-    dns-tf index search videos.idx --features features.h5 --query q1 q2 [--mode dns
-        --percentage 5 --candidates 1000 --top 20] [--json]
 
 ``create`` copies the three networks (``.keras`` files or the authors' ``.pth``) into the index's
 ``networks/`` folder and records their paths relative to the index, their weight fingerprints and
@@ -32,15 +31,11 @@ import os
 import shutil
 import sys
 
-import numpy as np
 
 from dns_tf.calibration import CalibrationConfig
-from dns_tf.config import add_arguments, field, from_arguments
-from dns_tf.retrieval import SearchConfig
-
-NETWORKS = ("coarse", "fine", "selector")
-NETWORKS_DIR = "networks"
-FINE_BATCH_SIZE = 64
+from dns_tf.flags import add_arguments, field, from_arguments
+from dns_tf.indexing import (NETWORKS, NETWORKS_DIR, checked_features,
+                             index_videos, open_backend, refresh_calibration_if_stale)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +47,7 @@ class AddConfig:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "index", help="create, fill, inspect and search a DnS video index",
+        "index", help="create, fill and inspect a DnS video index (dns-tf search searches it)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="index_command", metavar="COMMAND", required=True)
 
@@ -95,17 +90,6 @@ def register(subparsers) -> None:
                              "again)")
     verify.set_defaults(func=run_verify)
 
-    search = commands.add_parser("search", help="DnS search with query videos of a feature file")
-    search.add_argument("index", help="index directory")
-    search.add_argument("--features", required=True,
-                        help="region features holding the query videos (.h5 or TFRecord)")
-    search.add_argument("--query", nargs="+", required=True, help="query video ids")
-    search.add_argument("--json", action="store_true", help="print one JSON object")
-    add_arguments(search, SearchConfig)
-    search.add_argument("--fine_batch_size", type=int, default=FINE_BATCH_SIZE,
-                        help=f"target videos per fine-similarity batch (default: "
-                             f"{FINE_BATCH_SIZE})")
-    search.set_defaults(func=run_search, parser=search)
 
 
 def _fail(message) -> int:
@@ -123,25 +107,6 @@ def _errors():
 
 def _message(error: Exception) -> str:
     return error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-
-
-def open_backend(index, batch_size: int = FINE_BATCH_SIZE):
-    """The :class:`~dns_tf.retrieval.LocalBackend` of the networks recorded in ``index`` (paths
-    relative to the index, or absolute in indexes made before networks were copied in)."""
-    from dns_tf.retrieval import LocalBackend, check_fingerprints
-
-    networks = index.metadata.get("networks")
-    if not isinstance(networks, dict) or set(networks) != set(NETWORKS):
-        raise ValueError(f"{index.path} records no networks (was it made by 'dns-tf index "
-                         f"create'?); its metadata is {index.metadata}")
-    networks = {name: os.path.join(index.path, path) for name, path in networks.items()}
-    backend = LocalBackend.from_files(networks["coarse"], networks["fine"],
-                                      networks["selector"], batch_size=batch_size)
-    check_fingerprints(index, backend)
-    if backend.fine_kind != index.fine_kind:
-        raise ValueError(f"{networks['fine']} produces '{backend.fine_kind}' fine "
-                         f"representations, {index.path} stores '{index.fine_kind}'")
-    return backend
 
 
 def run_create(args) -> int:
@@ -196,7 +161,7 @@ def run_add(args) -> int:
                     batch, ids, videos = pending[start:start + config.batch_size], [], []
                     for video_id in batch:
                         try:
-                            videos.append(_checked(features[video_id], video_id, dims,
+                            videos.append(checked_features(features[video_id], video_id, dims,
                                                    args.features))
                             ids.append(video_id)
                         except _errors() as error:
@@ -207,7 +172,7 @@ def run_add(args) -> int:
                     added += len(ids)
                     progress.update(len(batch))
             total = len(index)
-            calibration = _refresh(index, backend, CalibrationConfig(), force=added > 0)
+            calibration = refresh_calibration_if_stale(index, backend, CalibrationConfig(), force=added > 0)
     except _errors() as error:
         if added:
             print(f"dns-tf index: {added} videos were added before the error; a rerun resumes "
@@ -224,16 +189,6 @@ def run_add(args) -> int:
     return 0
 
 
-def _refresh(index, backend, config, force: bool):
-    """Refits and stores the coarse-to-fine map when videos were added (``force``) or none is
-    stored; None for an index of fewer than two videos (nothing to calibrate)."""
-    from dns_tf.calibration import IndexCalibration, refresh_calibration
-
-    if len(index) < 2 or not force and IndexCalibration.load(index.path) is not None:
-        return None
-    return refresh_calibration(index, backend, config)
-
-
 def _describe(calibration) -> str:
     fitted = calibration.fitted_on
     return (f"score calibration: coarse-to-fine map ({fitted['method']}) fitted on "
@@ -248,60 +203,11 @@ def run_calibrate(args) -> int:
         with VideoIndex.open(args.index, readonly=True) as index:
             if len(index) < 2:
                 return _fail(f"{args.index} holds {len(index)} videos; calibrating needs >= 2")
-            calibration = _refresh(index, open_backend(index), config, force=True)
+            calibration = refresh_calibration_if_stale(index, open_backend(index), config, force=True)
     except _errors() as error:
         return _fail(_message(error))
     print(_describe(calibration))
     return 0
-
-
-def index_videos(backend, ids: list[str], videos: list, failed: list):
-    """Indexes ``videos`` (``[T, R, D]`` each) as one padded batch; if the batch fails, each
-    video alone, so that one bad video costs only itself. Returns ``(ids, IndexedVideos)`` of the
-    videos indexed, with finite outputs; the others go to ``failed`` as ``(id, reason)``."""
-    from dns_tf.data.padding import padded_batch_from_arrays
-    from dns_tf.retrieval import IndexedVideos
-
-    if not ids:
-        return [], None
-    try:
-        batches = [backend.index(*padded_batch_from_arrays(videos))]
-        batch_ids = [ids]
-    except Exception:  # noqa: BLE001 - retried video by video below, which names the culprit
-        batches, batch_ids = [], []
-        for video_id, video in zip(ids, videos):
-            try:
-                batches.append(backend.index(video[None], np.ones((1, len(video)), np.float32)))
-                batch_ids.append([video_id])
-            except Exception as error:  # noqa: BLE001 - a bad video must not stop the others
-                failed.append((video_id, f"the networks failed on it: "
-                                         f"{type(error).__name__}: {str(error).splitlines()[0]}"))
-    kept, coarse, fine, selector = [], [], [], []
-    for batch, video_ids in zip(batches, batch_ids):
-        for row, video_id in enumerate(video_ids):
-            outputs = (batch.coarse[row], batch.fine[row], batch.selector[row])
-            if not all(np.isfinite(np.asarray(x, np.float32)).all() for x in outputs):
-                failed.append((video_id, "the networks gave non-finite outputs for it (are its "
-                                         "features finite?)"))
-                continue
-            kept.append(video_id)
-            coarse.append(outputs[0])
-            fine.append(outputs[1])
-            selector.append(outputs[2])
-    if not kept:
-        return [], None
-    return kept, IndexedVideos(coarse=np.stack(coarse), fine=fine, selector=np.array(selector))
-
-
-def _checked(video, video_id: str, dims: int, path: str):
-    """A video's features ``[T, R, D]`` after checking their shape against the networks and that
-    they are finite."""
-    if video.ndim != 3 or video.shape[0] < 1 or video.shape[2] != dims:
-        raise ValueError(f"{path}: video {video_id!r} has features of shape {video.shape}; the "
-                         f"networks expect [T >= 1, regions, {dims}]")
-    if not np.isfinite(video).all():
-        raise ValueError(f"{path}: video {video_id!r} has non-finite features (NaN or inf)")
-    return video
 
 
 def run_remove(args) -> int:
@@ -358,33 +264,4 @@ def run_verify(args) -> int:
     except _errors() as error:
         return _fail(_message(error).replace("\n", " "))
     print(f"{args.index}: {summary['videos']} videos verified, no problems")
-    return 0
-
-
-def run_search(args) -> int:
-    try:
-        config = from_arguments(SearchConfig, args)
-    except ValueError as error:
-        args.parser.error(str(error))
-
-    from dns_tf.data.feature_files import open_features
-    from dns_tf.index.store import VideoIndex
-    from dns_tf.retrieval import DnSRetriever
-
-    results = []
-    try:
-        with VideoIndex.open(args.index, readonly=True) as index, \
-                open_features(args.features) as features:
-            retriever = DnSRetriever(index, open_backend(index, args.fine_batch_size), config)
-            for video_id in args.query:
-                ranking = retriever.search(features[video_id])
-                if args.json:
-                    results.append({"query": video_id, **ranking.as_dict()})
-                else:
-                    print(ranking.format_table(video_id))
-    except _errors() as error:
-        return _fail(_message(error))
-    if args.json:
-        print(json.dumps({"index": os.path.abspath(args.index),
-                          "config": dataclasses.asdict(config), "queries": results}))
     return 0

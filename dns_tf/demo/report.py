@@ -26,13 +26,20 @@ import pathlib
 import time
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
+from dns_tf.calibration import IndexCalibration, refresh_calibration
 from dns_tf.data.padding import padded_batch_from_arrays
 from dns_tf.demo import say
 from dns_tf.evaluation.datasets import FIVR
 from dns_tf.evaluation.similarities import SimilarityMatrix
 from dns_tf.evaluation.sweep import Cost, dns_sweep
-from dns_tf.retrieval import PAPER_SEARCH, DnSRetriever, SearchConfig
+from dns_tf.index.store import VideoIndex
+from dns_tf.retrieval import PAPER_SEARCH, DnSRetriever, SearchConfig, index_metadata
+from serving.client import RemoteBackend
+from serving.server import ModelServer
+from training.scoring import PairScorer
 
 SELECTOR_BYTES = 4  # one float32 self-similarity score per video
 METRICS = ("DSVR", "CSVR", "ISVR")
@@ -47,10 +54,6 @@ def _kb(nbytes: float) -> float:
 def build_index(path: pathlib.Path, backend, features, database, batch: int = 8):
     """Indexes the database videos through ``backend`` into a :class:`VideoIndex` at ``path`` and
     fits the index's label-free calibration of coarse onto fine scores (database pairs only)."""
-    from dns_tf.calibration import refresh_calibration
-    from dns_tf.index.store import VideoIndex
-    from dns_tf.retrieval import index_metadata
-
     if path.exists():
         index = VideoIndex.open(str(path))
     else:
@@ -97,11 +100,6 @@ def evaluate_demo(root: pathlib.Path, collection, teacher, teacher_features, stu
                   features, models_config, percentages) -> dict:
     """Scores every method on the held-out collection; writes ``results.json``,
     ``similarities.npz`` (every matrix, for offline analysis), ``report.md`` and the plot."""
-    from dns_tf.calibration import IndexCalibration
-    from serving.client import RemoteBackend
-    from serving.server import ModelServer
-    from training.scoring import PairScorer
-
     dataset = FIVR(collection.fivr_annotation(), version="demo")
     # Matrices follow the dataset's order of queries and database videos.
     queries, database = list(dataset.queries), list(dataset.database)
@@ -262,9 +260,6 @@ def format_conclusions(checks: dict) -> str:
 def plot_results(results: dict, path_png: str | os.PathLike, metric: str = "DSVR") -> None:
     """Both sweeps against the share re-ranked and against time, the students as references."""
     # A bare Figure on the Agg canvas: no pyplot, no global backend switch for the caller.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     figure = Figure(figsize=(11, 4.2), layout="constrained")
     FigureCanvasAgg(figure)
     by_share, by_time = figure.subplots(1, 2)

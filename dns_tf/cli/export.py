@@ -22,7 +22,7 @@ import argparse
 import dataclasses
 import sys
 
-from dns_tf.config import add_arguments, field, from_arguments
+from dns_tf.flags import add_arguments, field, from_arguments
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +123,6 @@ def run(args) -> int:
 
 def _index_fine_student(index):
     """The fine student an index keeps with it (``dns-tf index create``)."""
-    from dns_tf.index.command import open_backend
+    from dns_tf.indexing import open_backend
 
     return open_backend(index).fine_student

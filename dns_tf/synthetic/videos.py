@@ -59,7 +59,7 @@ import av
 import imageio_ffmpeg
 from tqdm.auto import tqdm
 
-from dns_tf.config import field
+from dns_tf.flags import field
 
 FORMAT_VERSION = 2
 LABELS = ("ND", "DS", "unrelated")

@@ -34,7 +34,7 @@ from serving.server import ModelServer
 from serving.tls import read_ssl_config
 from tls_fixtures import self_signed, ssl_config
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 MAX_REQUEST_BYTES = 1 << 20
 MAX_INPUT_ELEMENTS = 1 << 20  # 4 MiB of float32: more than MAX_REQUEST_BYTES
 MODELS_CONFIG = """

@@ -1,6 +1,7 @@
 """VideoIndex: round trips, search over base + delta, concurrency, crash safety, clear errors."""
 
 import os
+import pathlib
 import random
 import shutil
 import signal
@@ -16,7 +17,7 @@ from dns_tf.index import (DuplicateVideoError, IndexCorruptError, IndexLockedErr
                           ScannSearcher, VideoIndex, VideoIndexError, pack_bits, unpack_bits)
 from dns_tf.index.store import COARSE_FILE, FINE_FILE, SEARCHER_DIR
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(pathlib.Path(__file__).resolve().parents[3])
 DIMS = 16
 
 

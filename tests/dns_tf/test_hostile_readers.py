@@ -25,7 +25,7 @@ from dns_tf.data.pairs import PairsFormatError, load_pairs, save_pairs
 from hostile_files import (MARK, REDUCE, TUPLE, dict_pickle, global_, itq_checkpoint, numpy_dtype,
                            pairs_pickle, reconstructed_array, tensor, value, write_checkpoint)
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where hostile_files.py is
 
 # case -> what the reader must say (the error names the file, and the field where there is one)
 EXPECTED = {
@@ -64,11 +64,11 @@ EXPECTED = {
 def hostile_reports(tmp_path_factory, reference_dir):
     """Runs every case in subprocesses; one that crashes is reported and the rest go on."""
     directory = tmp_path_factory.mktemp("hostile")
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(HERE), HERE]),
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(TESTS), TESTS]),
                    "DNS_TF_REFERENCE": str(reference_dir)}
     pending, reports = list(EXPECTED), {}
     while pending:
-        run = subprocess.run([sys.executable, os.path.join(HERE, "hostile_files.py"),
+        run = subprocess.run([sys.executable, os.path.join(TESTS, "hostile_files.py"),
                               str(directory), *pending], capture_output=True, text=True,
                              env=environment, timeout=300)
         started = None

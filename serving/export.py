@@ -80,6 +80,7 @@ import dataclasses
 import os
 import pathlib
 import shutil
+import types
 from collections.abc import Mapping
 
 import tensorflow as tf
@@ -155,16 +156,14 @@ def lengths_to_mask(lengths: tf.Tensor, num_frames: tf.Tensor) -> tf.Tensor:
     return tf.sequence_mask(lengths, num_frames, dtype=tf.float32)
 
 
-class _Networks:
-    """Holds Keras models out of ``tf.Module`` tracking.
+def _untracked(**models) -> types.SimpleNamespace:
+    """Keras models held out of ``tf.Module`` tracking (a plain namespace is not trackable).
 
     Tracked Keras models would contribute their own default save signatures (traced from their
     build shapes, wrong for the selector's MLP); a SavedModel only needs their variables, which
     the modules below track explicitly, as Keras' ``ExportArchive`` does.
     """
-
-    def __init__(self, **models):
-        self.__dict__.update(models)
+    return types.SimpleNamespace(**models)
 
 
 def _variables(*models) -> list:
@@ -185,7 +184,7 @@ class DnSModule(tf.Module):
         if not coarse.dims == fine.dims == selector.dims:
             raise ValueError(f"the networks take different feature sizes: coarse {coarse.dims}, "
                              f"fine {fine.dims}, selector {selector.dims}")
-        self._networks = _Networks(coarse=coarse, fine=fine, selector=selector)
+        self._networks = _untracked(coarse=coarse, fine=fine, selector=selector)
         self.network_variables = _variables(coarse, fine, selector)
         self.bits = fine.kind == "binarization"
         dims = fine.dims
@@ -318,7 +317,7 @@ class FeaturesModule(tf.Module):
 
     def __init__(self, extractor, frame_size: int = DEFAULT_FRAME_SIZE):
         super().__init__(name=FEATURES_MODEL)
-        self._networks = _Networks(extractor=extractor)
+        self._networks = _untracked(extractor=extractor)
         self.network_variables = _variables(extractor)
         self.features = tf.function(self._features, input_signature=[
             tf.TensorSpec([None, frame_size, frame_size, 3], tf.uint8, name="frames")])
@@ -339,7 +338,7 @@ class TeacherModule(tf.Module):
 
     def __init__(self, teacher):
         super().__init__(name=TEACHER_MODEL)
-        self._networks = _Networks(teacher=teacher)
+        self._networks = _untracked(teacher=teacher)
         self.network_variables = _variables(teacher)
         spec = [None, None, None, teacher.dims]
         self.similarity = tf.function(self._similarity, input_signature=[

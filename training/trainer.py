@@ -73,10 +73,12 @@ class NetworkTrainer(keras.Model):
             results = {name: value[None] for name, value in results.items()}
         return results
 
+    # The one private Keras API this project overrides (tests/training/test_keras_private_api.py
+    # fails if Keras stops calling it). Keras (3.15) builds models under a strategy from a sample
+    # batch that it first averages over replicas with strategy.reduce(axis=None), which fails on
+    # dict batches (keras-team/keras#20329). A trainer is built from the start and compile()
+    # builds the optimizer: nothing is left to build.
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras (3.15) builds models under a strategy from a sample batch that it first averages
-        # over replicas with strategy.reduce(axis=None), which fails on dict batches. A trainer is
-        # built from the start and compile() builds the optimizer: nothing is left to build.
         return
 
 

@@ -134,11 +134,11 @@ def _encoder_layer_pairs(layer, prefix, dims, heads):
         return take
 
     pairs = []
-    for part, dense in enumerate((attention._query_dense, attention._key_dense,
-                                  attention._value_dense)):
+    for part, dense in enumerate((attention.query_dense, attention.key_dense,
+                                  attention.value_dense)):
         pairs += [(dense.kernel, f"{prefix}.self_attn.in_proj_weight", projection(part, "weight")),
                   (dense.bias, f"{prefix}.self_attn.in_proj_bias", projection(part, "bias"))]
-    output = attention._output_dense
+    output = attention.output_dense
     pairs += [
         (output.kernel, f"{prefix}.self_attn.out_proj.weight",
          lambda w: w.T.reshape(heads, head_dims, dims)),

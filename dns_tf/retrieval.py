@@ -42,7 +42,6 @@ from concurrent import futures
 from typing import Protocol, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from dns_tf.calibration import IndexCalibration, ScoreMap, fit_index_calibration
 from dns_tf.convert import load_network
@@ -207,24 +206,6 @@ class Ranking:
                           **({} if hit.segments is None else
                              {"segments": [segment.as_dict() for segment in hit.segments]})}
                          for rank, hit in enumerate(self.hits, start=1)]}
-
-    def format_table(self, name: str) -> str:
-        """A text table of the hits under a summary line (fine ``*``: re-ranked by the fine
-        student; match: yes/no against the index's match threshold, blank without one)."""
-        milliseconds = 1000 * sum(self.seconds.values())
-        width = max([len("video"), *(len(hit.video_id) for hit in self.hits)])
-        lines = [f"query {name}: {self.num_candidates} candidates, {self.num_reranked} "
-                 f"re-ranked, {milliseconds:.1f} ms",
-                 f"{'rank':>5}  {'video':<{width}}  {'score':>8}  {'coarse':>8}  fine  match"]
-        for rank, hit in enumerate(self.hits, start=1):
-            match = "" if hit.is_match is None else "yes" if hit.is_match else "no"
-            lines.append(f"{rank:>5}  {hit.video_id:<{width}}  {hit.score:8.4f}  "
-                         f"{hit.coarse_score:8.4f}  {'*' if hit.reranked else ' ':>4}  "
-                         f"{match}".rstrip())
-            lines += [f"{'':>5}  query {s.query_start:.1f}-{s.query_end:.1f} s = target "
-                      f"{s.target_start:.1f}-{s.target_end:.1f} s  ({s.score:.3f})"
-                      for s in hit.segments or ()]
-        return "\n".join(lines) + "\n"
 
 
 class Backend(Protocol):
@@ -481,65 +462,6 @@ class DnSRetriever:
             records = self.index.get_many(ids)
             scores.append(self.backend.fine_similarity(query_fine, [r.fine for r in records]))
         return np.concatenate(scores)
-
-    def database_scores(self, queries: Sequence[np.ndarray], database: Sequence[str],
-                        progress: bool = False) -> "DatabaseScores":
-        """Every query against every database video of a benchmark, as the DnS sweep reads them.
-
-        Args:
-            queries: Q query videos' region features ``[T, R, D]``.
-            database: the benchmark's N database ids (the columns); those not in the index are
-                marked unavailable and score 0.
-            progress: show a progress bar.
-        """
-        columns = {video_id: column for column, video_id in enumerate(database)}
-        available = np.array([video_id in self.index for video_id in database], bool)
-        available_ids = [video_id for video_id, present in zip(database, available) if present]
-        target_selector = self.index.selector_scores(available_ids)
-        result = DatabaseScores(*(np.zeros((len(queries), len(database)), np.float32)
-                                  for _ in range(3)), available, dict.fromkeys(
-                                      ("index_query", "coarse", "selector", "fine"), 0.0))
-        seconds = result.seconds_per_query
-        for row, features in enumerate(tqdm(queries, desc="queries", disable=not progress)):
-            clock = time.perf_counter()
-            query = self.index_query(features)
-            seconds["index_query"] += time.perf_counter() - clock
-            clock = time.perf_counter()
-            scores, ids = self.index.coarse_scores_all(query.coarse)
-            positions = np.array([columns.get(video_id, -1) for video_id in ids], int)
-            result.coarse[row, positions[positions >= 0]] = scores[0][positions >= 0]
-            seconds["coarse"] += time.perf_counter() - clock
-            clock = time.perf_counter()
-            result.selector[row, available] = self.routing_scores(
-                query.selector[0], target_selector, result.coarse[row, available])
-            seconds["selector"] += time.perf_counter() - clock
-            clock = time.perf_counter()
-            result.fine[row, available] = self.fine_scores(query.fine[0], available_ids) / 2 + 0.5
-            seconds["fine"] += time.perf_counter() - clock
-        for stage in seconds:
-            seconds[stage] /= max(len(queries), 1)
-        return result
-
-
-@dataclasses.dataclass(frozen=True)
-class DatabaseScores:
-    """Queries against a benchmark's database (:meth:`DnSRetriever.database_scores`).
-
-    Attributes:
-        coarse: ``[Q, N]`` coarse similarities.
-        fine: ``[Q, N]`` fine similarities on the merge scale (``s / 2 + 1/2``, as the retriever
-            merges them with coarse similarities).
-        selector: ``[Q, N]`` selector routing scores.
-        available: ``[N]`` bool, the database videos in the index (the others score 0).
-        seconds_per_query: measured seconds per query of ``index_query``, ``coarse``,
-            ``selector`` (every available video) and ``fine`` (every available video).
-    """
-
-    coarse: np.ndarray
-    fine: np.ndarray
-    selector: np.ndarray
-    available: np.ndarray
-    seconds_per_query: dict[str, float]
 
 
 class ShardedRetriever:

@@ -23,10 +23,10 @@ import json
 import sys
 
 from dns_tf.calibration import MatchThreshold
-from dns_tf.flags import add_arguments, field, from_arguments
 from dns_tf.evaluation.annotations import AnnotationFormatError, UnsafeAnnotationError
 from dns_tf.evaluation.datasets import DATASET_NAMES, canonical_dataset_name, load_dataset
 from dns_tf.evaluation.thresholds import calibrate_threshold
+from dns_tf.flags import add_arguments, field, from_arguments
 from dns_tf.retrieval import SearchConfig
 
 
@@ -68,8 +68,8 @@ def run(args) -> int:
         args.parser.error(str(error))
 
     from dns_tf.data.feature_files import FeatureFileError, open_features
-    from dns_tf.indexing import open_backend
     from dns_tf.index.store import VideoIndex, VideoIndexError
+    from dns_tf.indexing import open_backend
 
     try:
         dataset = load_dataset(args.dataset, args.annotations)

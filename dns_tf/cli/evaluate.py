@@ -14,6 +14,7 @@ import sys
 
 from dns_tf.evaluation.annotations import AnnotationFormatError, UnsafeAnnotationError
 from dns_tf.evaluation.datasets import DATASET_NAMES, canonical_dataset_name, load_dataset
+from dns_tf.evaluation.index_scores import database_scores
 from dns_tf.evaluation.similarities import SimilarityMatrix, read_available_ids
 from dns_tf.evaluation.sweep import DEFAULT_PERCENTAGES
 from dns_tf.localization.metrics import localization_metrics
@@ -84,8 +85,8 @@ def run_index(args: argparse.Namespace) -> int:
     with measured seconds per query and the index's KB per video."""
     from dns_tf.data.feature_files import FeatureFileError, open_features
     from dns_tf.evaluation.sweep import Cost, dns_sweep, format_table, plot_sweep
-    from dns_tf.indexing import open_backend
     from dns_tf.index.store import VideoIndex, VideoIndexError
+    from dns_tf.indexing import open_backend
     from dns_tf.retrieval import PAPER_SEARCH, DnSRetriever, SearchConfig
 
     try:
@@ -97,8 +98,8 @@ def run_index(args: argparse.Namespace) -> int:
                 raise ValueError(f"{args.features} holds none of the {len(dataset.queries)} "
                                  f"{dataset.name} queries")
             retriever = DnSRetriever(index, open_backend(index))
-            scores = retriever.database_scores(
-                [features[query] for query in queries], dataset.database, progress=not args.json)
+            scores = database_scores(retriever, [features[query] for query in queries],
+                                     dataset.database, progress=not args.json)
             coarse_to_fine = retriever.coarse_to_fine
             stats = index.stats()
         seconds = scores.seconds_per_query

@@ -31,11 +31,10 @@ import os
 import shutil
 import sys
 
-
 from dns_tf.calibration import CalibrationConfig
 from dns_tf.flags import add_arguments, field, from_arguments
-from dns_tf.indexing import (NETWORKS, NETWORKS_DIR, checked_features,
-                             index_videos, open_backend, refresh_calibration_if_stale)
+from dns_tf.indexing import (NETWORKS, NETWORKS_DIR, checked_features, index_videos, open_backend,
+                             refresh_calibration_if_stale)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,9 +33,8 @@ from dns_tf.features.video import VideoDecodeError, load_video
 from dns_tf.flags import add_arguments, field, from_arguments
 from dns_tf.index.store import VideoIndex, VideoIndexError
 from dns_tf.indexing import FINE_BATCH_SIZE, open_backend
-from dns_tf.retrieval import DnSRetriever, SearchConfig
-from serving.client import (RemoteBackend, RemoteFeatureExtractor, ServingClient,
-                            ServingRequestError)
+from dns_tf.retrieval import DnSRetriever, Ranking, SearchConfig
+from serving.client import RemoteBackend, RemoteFeatureExtractor, ServingClient, ServingRequestError
 from serving.config import ClientConfig
 
 
@@ -123,7 +122,7 @@ def run(args) -> int:
                 if args.json:
                     results.append({"query": name, **ranking.as_dict()})
                 else:
-                    print(ranking.format_table(name))
+                    print(format_ranking(ranking, name))
     except (ServingRequestError, VideoIndexError, FeatureFileError, VideoDecodeError, OSError,
             KeyError, ValueError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
@@ -133,3 +132,22 @@ def run(args) -> int:
         print(json.dumps({"index": os.path.abspath(args.index), **where,
                           "config": dataclasses.asdict(search_config), "queries": results}))
     return 0
+
+
+def format_ranking(ranking: Ranking, name: str) -> str:
+    """A text table of a ranking's hits under a summary line (fine ``*``: re-ranked by the fine
+    student; match: yes/no against the index's match threshold, blank without one)."""
+    milliseconds = 1000 * sum(ranking.seconds.values())
+    width = max([len("video"), *(len(hit.video_id) for hit in ranking.hits)])
+    lines = [f"query {name}: {ranking.num_candidates} candidates, {ranking.num_reranked} "
+             f"re-ranked, {milliseconds:.1f} ms",
+             f"{'rank':>5}  {'video':<{width}}  {'score':>8}  {'coarse':>8}  fine  match"]
+    for rank, hit in enumerate(ranking.hits, start=1):
+        match = "" if hit.is_match is None else "yes" if hit.is_match else "no"
+        lines.append(f"{rank:>5}  {hit.video_id:<{width}}  {hit.score:8.4f}  "
+                     f"{hit.coarse_score:8.4f}  {'*' if hit.reranked else ' ':>4}  "
+                     f"{match}".rstrip())
+        lines += [f"{'':>5}  query {s.query_start:.1f}-{s.query_end:.1f} s = target "
+                  f"{s.target_start:.1f}-{s.target_end:.1f} s  ({s.score:.3f})"
+                  for s in hit.segments or ()]
+    return "\n".join(lines) + "\n"

@@ -33,6 +33,7 @@ from dns_tf.calibration import IndexCalibration, refresh_calibration
 from dns_tf.data.padding import padded_batch_from_arrays
 from dns_tf.demo import say
 from dns_tf.evaluation.datasets import FIVR
+from dns_tf.evaluation.index_scores import database_scores
 from dns_tf.evaluation.similarities import SimilarityMatrix
 from dns_tf.evaluation.sweep import Cost, dns_sweep
 from dns_tf.index.store import VideoIndex
@@ -130,7 +131,7 @@ def evaluate_demo(root: pathlib.Path, collection, teacher, teacher_features, stu
         retriever = DnSRetriever(index, backend)
         stats = index.stats()
         # Coarse, fine (s / 2 + 1/2) and selector scores of every pair, each stage timed.
-        scores = retriever.database_scores([features[q] for q in queries], database)
+        scores = database_scores(retriever, [features[q] for q in queries], database)
         matrices.update(coarse=scores.coarse, fine_attention=scores.fine, selector=scores.selector)
         coarse_kb = _kb(4 * index.coarse_dims)
         fine_kb = _kb(frames.mean() * 9 * 512 * 2)

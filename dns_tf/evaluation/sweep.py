@@ -86,7 +86,7 @@ def dns_similarities(coarse: np.ndarray, fine: np.ndarray, selector_scores: np.n
                      available: np.ndarray | None = None) -> np.ndarray:
     """The ``[Q, N]`` scores :class:`~dns_tf.retrieval.DnSRetriever` gives with ``search`` (its
     mode, percentage or budget, routing and merge) over every available database video, from the
-    matrices of :meth:`~dns_tf.retrieval.DnSRetriever.database_scores` (``fine`` on the merge
+    matrices of :func:`~dns_tf.evaluation.index_scores.database_scores` (``fine`` on the merge
     scale). Unavailable columns keep their (zero) coarse score."""
     coarse = np.asarray(coarse)
     if search.merge == "calibrated" and coarse_to_fine is None:

@@ -13,6 +13,7 @@ import numpy as np
 
 from dns_tf.calibration import (CalibrationConfig, IndexCalibration, fit_index_calibration,
                                 fit_match_threshold, plot_precision_recall)
+from dns_tf.evaluation.index_scores import database_scores
 from dns_tf.evaluation.sweep import dns_similarities
 from dns_tf.retrieval import DnSRetriever, SearchConfig
 
@@ -45,7 +46,7 @@ def calibrate_threshold(index, backend, dataset, query_features, search: SearchC
     calibration = (IndexCalibration.load(index.path)
                    or fit_index_calibration(index, backend, CalibrationConfig()))
     retriever = DnSRetriever(index, backend)
-    scores = retriever.database_scores([query_features[q] for q in queries], dataset.database)
+    scores = database_scores(retriever, [query_features[q] for q in queries], dataset.database)
     searched = dns_similarities(scores.coarse, scores.fine, scores.selector, search,
                                 calibration.coarse_to_fine, scores.available)
     curves = {f"search ({search.mode}, merge {search.merge})": labelled_scores(

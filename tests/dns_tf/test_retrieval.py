@@ -7,6 +7,7 @@ import pytest
 
 from dns_tf.convert import load_official
 from dns_tf.data.padding import padded_batch_from_arrays
+from dns_tf.evaluation.index_scores import database_scores
 from dns_tf.index import CoarseConfig, VideoIndex
 from dns_tf.index.fine_store import unpack_bits
 from dns_tf.retrieval import DnSRetriever, LocalBackend, SearchConfig
@@ -166,7 +167,7 @@ def test_sweep_matrices_give_the_searches_scores(retriever, collection):
 
     query, videos = collection
     database = sorted(videos)
-    scores = retriever.database_scores([query], database)
+    scores = database_scores(retriever, [query], database)
     for merge in ("calibrated", "paper"):
         for routing in ("selector_in_coarse", "coarse", "selector"):
             config = SearchConfig(top=NUM_VIDEOS, percentage=20, merge=merge, routing=routing)
@@ -245,7 +246,7 @@ def test_candidates_through_scann(tmp_path, backend, collection):
 def test_database_scores_agree_with_search(retriever, collection):
     query, videos = collection
     database = sorted(videos) + ["not_indexed"]
-    scores = retriever.database_scores([query], database)
+    scores = database_scores(retriever, [query], database)
     assert scores.available.tolist() == [True] * NUM_VIDEOS + [False]
     fine = search(retriever, query, mode="fine")
     coarse = search(retriever, query, mode="coarse")

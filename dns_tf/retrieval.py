@@ -45,8 +45,8 @@ import numpy as np
 
 from dns_tf.calibration import IndexCalibration, ScoreMap, fit_index_calibration
 from dns_tf.convert import load_network
+from dns_tf.fine_representation import pack_bits, stored_kind
 from dns_tf.flags import field
-from dns_tf.index.fine_store import pack_bits
 from dns_tf.index.store import VideoIndex
 from dns_tf.localization.networks import localize_hits
 from dns_tf.models import CoarseGrainedStudent, FineGrainedStudent, SelectorNetwork
@@ -247,11 +247,6 @@ def check_fingerprints(index: VideoIndex, backend) -> None:
             + " (search with the networks the index was built with, or rebuild the index)")
 
 
-def fine_kind_of(fine_student) -> str:
-    """How an index stores a fine student's representations."""
-    return "bits" if fine_student.kind == "binarization" else "float16"
-
-
 class LocalBackend:
     """The three DnS networks in this process.
 
@@ -278,7 +273,7 @@ class LocalBackend:
         self.fine_student = fine_student
         self.selector = selector
         self.batch_size = batch_size
-        self.fine_kind = fine_kind_of(fine_student)
+        self.fine_kind = stored_kind(fine_student)
         # A backend may lack a network (the search benchmark draws coarse vectors instead).
         self.fingerprints = {name: fingerprint(network) for name, network in (
             ("coarse", coarse_student), ("fine", fine_student), ("selector", selector))

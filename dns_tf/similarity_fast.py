@@ -50,6 +50,7 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
+from dns_tf.fine_representation import stored_kind
 from dns_tf.layers.comparator import VideoComparator
 
 MIN_FRAMES = VideoComparator.MIN_FRAMES
@@ -266,7 +267,7 @@ class FastFineSimilarity:
     def __init__(self, student, batch_size: int = 64, workers: int | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.kind = "bits" if student.binarization is not None else "float"
+        self.kind = stored_kind(student)
         self.bits = student.bits if self.kind == "bits" else None
         if self.kind == "bits" and student.bits >= 2 ** 15:
             raise ValueError(f"codes of {student.bits} bits overflow the int16 popcount sums")
@@ -326,8 +327,8 @@ class FastFineSimilarity:
                                  f"{video.shape}")
             return packed_words(video)
         if not np.issubdtype(video.dtype, np.floating):
-            raise ValueError(f"{what}: {video.dtype} data given to a '{self.kind}' student that "
-                             f"compares float features (packed codes are for binarization)")
+            raise ValueError(f"{what}: {video.dtype} data given to a student that compares float "
+                             f"features (packed codes are for binarization)")
         return video
 
     def _prepare_all(self, query, targets) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -337,7 +338,7 @@ class FastFineSimilarity:
         query = self._prepare(query, "query")
         padding = padded_length(len(query)) - len(query)
         query = np.concatenate([query, np.zeros((padding, *query.shape[1:]), query.dtype)])
-        if self.kind == "float":
+        if self.kind == "float16":
             query = query.astype(np.float32)
         return query, [self._prepare(target, f"target {i}", query.shape[1])
                        for i, target in enumerate(targets)]
@@ -350,7 +351,7 @@ class FastFineSimilarity:
         """
         # Region-major frames [R, F, ...], assembled in one copy.
         frames = np.concatenate([target.transpose(1, 0, 2) for target in targets], axis=1)
-        if self.kind == "float":
+        if self.kind == "float16":
             return float_frame_similarity(query, frames)
         regions, count, words = frames.shape
         sums, start = [], 0

@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
+from dns_tf.fine_representation import kind_of_dtype, stored_dtype
 from dns_tf.data.padding import padded_batch_from_arrays
 from dns_tf.retrieval import IndexedVideos
 from serving.config import ClientConfig, ServeConfig
@@ -347,11 +348,11 @@ class RemoteBackend(_RemoteModel):
     def fine_kind(self) -> str:
         """``"bits"`` (packed uint8 codes) or ``"float16"``, from the ``index`` signature."""
         dtype = self.signature("index").outputs["fine"].dtype
-        return "bits" if dtype == tf.uint8.as_datatype_enum else "float16"
+        return kind_of_dtype(tf.dtypes.as_dtype(dtype).as_numpy_dtype)
 
     @functools.cached_property
     def fine_dtype(self) -> np.dtype:
-        return np.dtype(np.uint8 if self.fine_kind == "bits" else np.float16)
+        return stored_dtype(self.fine_kind)
 
     def _stored(self, fine, what: str) -> np.ndarray:
         """A stored fine representation ``[T, R, C]`` in the wire dtype, checked."""

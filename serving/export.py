@@ -87,7 +87,8 @@ import tensorflow as tf
 
 from dns_tf.models.fingerprint import fingerprint
 from dns_tf.similarity_fast import comparator_weights
-from serving.fine_graph import QUERIES_IN_FLIGHT, REGIONS, FineGraph
+from dns_tf.fine_representation import REGIONS, pack_bits_tf, unpack_bits_tf
+from serving.fine_graph import QUERIES_IN_FLIGHT, FineGraph
 from serving.model_config import (MODELS_CONFIG_FILE, available_versions,
                                   write_model_server_config)
 
@@ -111,29 +112,6 @@ batch_timeout_micros { value: 2000 }
 max_enqueued_batches { value: 256 }
 pad_variable_length_inputs: true
 """
-
-_BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)  # np.packbits order: the first code is the high bit
-
-
-def pack_codes(codes: tf.Tensor) -> tf.Tensor:
-    """Binary codes ``[..., bits]`` (a code is 1 where > 0) -> ``[..., bits / 8]`` uint8.
-
-    The graph twin of :func:`dns_tf.index.fine_store.pack_bits`: the same bytes, so stores written
-    in process and through the server are interchangeable.
-    """
-    bits = codes.shape[-1]
-    grouped = tf.reshape(tf.cast(codes > 0, tf.int32),
-                         tf.concat([tf.shape(codes)[:-1], [bits // 8, 8]], axis=0))
-    return tf.cast(tf.reduce_sum(grouped * tf.constant(_BIT_WEIGHTS), axis=-1), tf.uint8)
-
-
-def unpack_codes(packed: tf.Tensor) -> tf.Tensor:
-    """``[..., bits / 8]`` uint8 -> ±1 float32 codes ``[..., bits]`` (inverse of :func:`pack_codes`)."""
-    shifts = tf.constant([7, 6, 5, 4, 3, 2, 1, 0], tf.uint8)
-    bits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(packed[..., None], shifts), 1)
-    bits = tf.reshape(bits, tf.concat([tf.shape(packed)[:-1], [packed.shape[-1] * 8]], axis=0))
-    return tf.cast(bits, tf.float32) * 2.0 - 1.0
-
 
 def checked_lengths(lengths: tf.Tensor, videos: tf.Tensor, name: str) -> tf.Tensor:
     """``lengths [...]`` of the padded ``videos [..., T, ...]``, available only once they describe
@@ -226,10 +204,10 @@ class DnSModule(tf.Module):
                 "calibrate": self.calibrate}
 
     def _to_stored(self, fine):
-        return pack_codes(fine) if self.bits else tf.cast(fine, tf.float16)
+        return pack_bits_tf(fine) if self.bits else tf.cast(fine, tf.float16)
 
     def _from_stored(self, fine):
-        return unpack_codes(fine) if self.bits else tf.cast(fine, tf.float32)
+        return unpack_bits_tf(fine) if self.bits else tf.cast(fine, tf.float32)
 
     def _index(self, features, lengths):
         networks = self._networks

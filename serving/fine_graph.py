@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from dns_tf.fine_representation import REGIONS
 from dns_tf.similarity_fast import (CHUNK_UNIT, FRAME_MULTIPLE, MIN_FRAMES, compare_batch,
                                     float_frame_similarity, hamming_region_sums,
                                     hamming_similarity)
 
 # Regions per frame: the feature extractor's 3x3 grid (dns_tf.features.extractor).
-REGIONS = 9
 # Target frames per XLA popcount call: one compiled shape per query length bucket.
 CHUNK_FRAMES = 4 * CHUNK_UNIT
 # Targets per comparator batch after sorting by length (padding stays small); the fast path's

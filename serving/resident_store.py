@@ -36,11 +36,11 @@ from concurrent import futures
 import numpy as np
 import tensorflow as tf
 
+from dns_tf.fine_representation import REGIONS, stored_kind
 from dns_tf.models.fingerprint import fingerprint
-from dns_tf.retrieval import fine_kind_of
 from dns_tf.similarity_fast import comparator_weights
 from serving.export import checked_lengths, write_models_config, write_version
-from serving.fine_graph import QUERIES_IN_FLIGHT, REGIONS, FineGraph
+from serving.fine_graph import QUERIES_IN_FLIGHT, FineGraph
 from serving.model_config import available_versions
 
 STORE_MODEL = "dns_store"
@@ -59,9 +59,9 @@ class ResidentStoreModule(tf.Module):
 
     def __init__(self, index, fine):
         super().__init__(name=STORE_MODEL)
-        if index.fine_kind != fine_kind_of(fine):
+        if index.fine_kind != stored_kind(fine):
             raise ValueError(f"index at {index.path} stores '{index.fine_kind}' fine "
-                             f"representations, the fine student produces '{fine_kind_of(fine)}'")
+                             f"representations, the fine student produces '{stored_kind(fine)}'")
         ids = index.ids()
         if not ids:
             raise ValueError(f"index at {index.path} holds no videos: nothing to keep resident")

@@ -47,9 +47,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from dns_tf.fine_representation import REGIONS, stored_kind
 from dns_tf.bench.registry import machine_load
 
-REGIONS = 9
 FEATURE_DIMS = 512        # region dims of the students, and the bits of the binarization student
 COARSE_DIMS = 1024        # the coarse student's output
 SOURCE_FRAMES = 60        # frames of a story's source video (and of the queries)
@@ -299,12 +299,11 @@ def run_search_benchmark(corpus: Corpus, cache: str, queries: int = 5,
     path, build, built_now = cached_index(corpus, cache)
 
     from dns_tf.index.store import VideoIndex
-    from dns_tf.retrieval import (DnSRetriever, IndexedVideos, LocalBackend, SearchConfig,
-                                  fine_kind_of)
+    from dns_tf.retrieval import DnSRetriever, IndexedVideos, LocalBackend, SearchConfig
 
     generator = Generator(corpus)
     fine_student, selector = _networks(corpus, fine_model, selector_model, corpus.seed)
-    if fine_kind_of(fine_student) != corpus.fine_kind:
+    if stored_kind(fine_student) != corpus.fine_kind:
         raise ValueError(f"--fine-model is a {fine_student.kind} student, the index stores "
                          f"{corpus.fine} representations")
 

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from dns_tf.fine_representation import REGIONS, pack_bits, unpack_bits
 from dns_tf.bench.registry import machine_load
 
 
-REGIONS = 9
 
 
 def comparator_flops(frames_query: int, frames_target: int) -> int:
@@ -57,7 +57,6 @@ def run_similarity_benchmark(kinds=("attention", "binarization"), frames: int = 
     """Measures each fine student's similarity throughput (see the module docstring)."""
     import keras
 
-    from dns_tf.index.fine_store import pack_bits, unpack_bits
     from dns_tf.models import FineGrainedStudent
     from dns_tf.similarity_fast import FastFineSimilarity
 

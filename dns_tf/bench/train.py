@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from dns_tf.fine_representation import REGIONS
 from dns_tf.bench.registry import machine_load
 
 
-REGIONS = 9
 
 
 def run_train_benchmark(pairs: int = 64, frames: int = 60, dims: int = 512, steps: int = 10,

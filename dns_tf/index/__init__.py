@@ -7,14 +7,12 @@ brute force for small collections, ScaNN for large ones, plus an exact delta of 
 
 from dns_tf.index.coarse import (BruteForceSearcher, CoarseConfig, CoarseSearcher, MergedSearcher,
                                  ScannSearcher, build_searcher)
-from dns_tf.index.fine_store import FINE_KINDS, FineCodec, pack_bits, unpack_bits
 from dns_tf.index.store import (DuplicateVideoError, IndexCorruptError, IndexLockedError,
                                 NotAnIndexError, SearchResult, VideoIndex, VideoIndexError,
                                 VideoRecord)
 
 __all__ = [
-    "BruteForceSearcher", "CoarseConfig", "CoarseSearcher", "DuplicateVideoError", "FINE_KINDS",
-    "FineCodec", "IndexCorruptError", "IndexLockedError", "MergedSearcher", "NotAnIndexError",
-    "ScannSearcher", "SearchResult", "VideoIndex", "VideoIndexError", "VideoRecord",
-    "build_searcher", "pack_bits", "unpack_bits",
+    "BruteForceSearcher", "CoarseConfig", "CoarseSearcher", "DuplicateVideoError",
+    "IndexCorruptError", "IndexLockedError", "MergedSearcher", "NotAnIndexError", "ScannSearcher",
+    "SearchResult", "VideoIndex", "VideoIndexError", "VideoRecord", "build_searcher",
 ]

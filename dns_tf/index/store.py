@@ -62,7 +62,8 @@ from dns_tf.index.coarse import (BruteForceSearcher, CoarseConfig, CoarseSearche
 from dns_tf.index.coarse_store import CoarseVectorStore
 from dns_tf.index.errors import (DuplicateVideoError, IndexCorruptError, IndexLockedError,
                                  NotAnIndexError, VideoIndexError)
-from dns_tf.index.fine_store import AppendOnlyFile, FineCodec, checksum, open_no_follow, unpack_bits
+from dns_tf.fine_representation import FineCodec, unpack_bits
+from dns_tf.index.fine_store import AppendOnlyFile, checksum, open_no_follow
 
 INDEX_FORMAT = "dns-tf-video-index"
 FORMAT_VERSION = 1

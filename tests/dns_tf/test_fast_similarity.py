@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from dns_tf.convert import load_official
-from dns_tf.index.fine_store import pack_bits, unpack_bits
+from dns_tf.fine_representation import pack_bits, unpack_bits
 from dns_tf.similarity_fast import (MIN_FRAMES, FastFineSimilarity, _chunk_sizes, length_batches,
                                     packed_words)
 

@@ -9,7 +9,7 @@ from dns_tf.convert import load_official
 from dns_tf.data.padding import padded_batch_from_arrays
 from dns_tf.evaluation.index_scores import database_scores
 from dns_tf.index import CoarseConfig, VideoIndex
-from dns_tf.index.fine_store import unpack_bits
+from dns_tf.fine_representation import unpack_bits
 from dns_tf.retrieval import DnSRetriever, LocalBackend, SearchConfig
 
 NUM_VIDEOS = 40

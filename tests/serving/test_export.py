@@ -12,11 +12,10 @@ import tensorflow as tf
 from dns_tf.calibration import fit_coarse_to_fine
 from dns_tf.cli import main as cli_main
 from dns_tf.features.extractor import FeatureExtractor
-from dns_tf.index.fine_store import pack_bits, unpack_bits
+from dns_tf.fine_representation import pack_bits, pack_bits_tf, unpack_bits, unpack_bits_tf
 from export_fixtures import load_networks
 from serving.batching import read_batching_parameters
-from serving.export import (BATCHING_PARAMETERS_FILE, export_models, next_version, pack_codes,
-                            unpack_codes)
+from serving.export import BATCHING_PARAMETERS_FILE, export_models, next_version
 from serving.model_config import (MODELS_CONFIG_FILE, read_model_server_config,
                                   resolve_servable_models)
 
@@ -323,9 +322,9 @@ def test_target_lengths_of_another_shape_than_the_targets_fail_with_invalid_argu
 
 def test_graph_bit_packing_is_numpy_packbits(rng=np.random.default_rng(0)):
     codes = rng.choice([-1.0, 0.0, 1.0], size=(2, 3, 9, 64)).astype(np.float32)
-    packed = pack_codes(tf.constant(codes)).numpy()
+    packed = pack_bits_tf(tf.constant(codes)).numpy()
     np.testing.assert_array_equal(packed, pack_bits(codes))
-    np.testing.assert_array_equal(unpack_codes(tf.constant(packed)).numpy(), unpack_bits(packed))
+    np.testing.assert_array_equal(unpack_bits_tf(tf.constant(packed)).numpy(), unpack_bits(packed))
 
 
 def test_export_refuses_to_overwrite_and_mismatched_extractor(tmp_path, networks, extractor):

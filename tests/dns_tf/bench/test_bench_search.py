@@ -5,7 +5,8 @@ import pytest
 
 from dns_tf.bench.search import Corpus, Generator, cached_index, run_search_benchmark
 from dns_tf.cli import main
-from dns_tf.index import VideoIndex, unpack_bits
+from dns_tf.fine_representation import unpack_bits
+from dns_tf.index import VideoIndex
 
 SMALL = Corpus(videos=200, stories=2, related=10, seed=3)
 

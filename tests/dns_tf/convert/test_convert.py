@@ -1,6 +1,5 @@
 """Reading the authors' checkpoints: safety first, then faithful conversion."""
 
-import io
 import pickle
 import subprocess
 import sys

@@ -13,8 +13,9 @@ import threading
 import numpy as np
 import pytest
 
+from dns_tf.fine_representation import pack_bits, unpack_bits
 from dns_tf.index import (DuplicateVideoError, IndexCorruptError, IndexLockedError, NotAnIndexError,
-                          ScannSearcher, VideoIndex, VideoIndexError, pack_bits, unpack_bits)
+                          ScannSearcher, VideoIndex, VideoIndexError)
 from dns_tf.index.store import COARSE_FILE, FINE_FILE, SEARCHER_DIR
 
 REPO = str(pathlib.Path(__file__).resolve().parents[3])

@@ -1,7 +1,6 @@
 """Localisation on real video files: FFmpeg derivatives with copied segments at known times
 (tests/copies.py), features of the reference extractor, the reference fine students."""
 
-import numpy as np
 import pytest
 
 from copies import make_copies

@@ -46,13 +46,16 @@ class Attention(keras.layers.Layer):
             self.transform = None
             self.context_vector = keras.layers.Dense(
                 1, use_bias=False, kernel_initializer="random_normal",
-                kernel_constraint=keras.constraints.UnitNorm(axis=0), name="context_vector")
+                kernel_constraint=keras.constraints.UnitNorm(axis=0), name="context_vector",
+                dtype=self.dtype_policy)
         else:
             self.transform = keras.layers.Dense(
-                dims, activation="tanh", kernel_initializer="glorot_uniform", name="transform")
+                dims, activation="tanh", kernel_initializer="glorot_uniform", name="transform",
+                dtype=self.dtype_policy)
             self.transform.build(input_shape)
             self.context_vector = keras.layers.Dense(
-                1, use_bias=False, kernel_initializer="glorot_uniform", name="context_vector")
+                1, use_bias=False, kernel_initializer="glorot_uniform", name="context_vector",
+                dtype=self.dtype_policy)
         self.context_vector.build(input_shape)
 
     def attention_weights(self, inputs):

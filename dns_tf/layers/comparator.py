@@ -51,14 +51,14 @@ class VideoComparator(keras.layers.Layer):
         channels = 1
         for index, filters in enumerate(self.FILTERS, start=1):
             conv = keras.layers.Conv2D(filters, 3, kernel_initializer="glorot_uniform",
-                                       name=f"conv{index}")
+                                       name=f"conv{index}", dtype=self.dtype_policy)
             conv.build((None, None, None, channels))
             self.convolutions.append(conv)
             channels = filters
         self.final_convolution = keras.layers.Conv2D(
-            1, 1, kernel_initializer="glorot_uniform", name="fconv")
+            1, 1, kernel_initializer="glorot_uniform", name="fconv", dtype=self.dtype_policy)
         self.final_convolution.build((None, None, None, channels))
-        self.pool = keras.layers.MaxPooling2D(2, 2)
+        self.pool = keras.layers.MaxPooling2D(2, 2, dtype=self.dtype_policy)
 
     def _pad(self, x):
         """Pads ``[B, N, M, C]`` by one row and column on each side."""

@@ -54,11 +54,12 @@ class NetVLAD(keras.layers.Layer):
             self.reduction = keras.layers.Dense(
                 self.output_dims, use_bias=False, name="reduction",
                 kernel_initializer=keras.initializers.RandomNormal(
-                    stddev=1.0 / math.sqrt(vlad_dims)))
+                    stddev=1.0 / math.sqrt(vlad_dims)), dtype=self.dtype_policy)
             self.reduction.build((None, vlad_dims))
         else:
             self.reduction = None
-        self.norm = keras.layers.LayerNormalization(epsilon=1e-5, name="norm")
+        self.norm = keras.layers.LayerNormalization(epsilon=1e-5, name="norm",
+                                                    dtype=self.dtype_policy)
         self.norm.build((None, self.output_dims or vlad_dims))
 
     def call(self, inputs, padding_mask=None):

@@ -39,19 +39,22 @@ class TransformerEncoderLayer(keras.layers.Layer):
         if dims % self.num_heads:
             raise ValueError(f"model dims {dims} must be divisible by num_heads {self.num_heads}")
         self.self_attention = keras.layers.MultiHeadAttention(
-            self.num_heads, dims // self.num_heads, dropout=self.dropout, name="self_attention")
+            self.num_heads, dims // self.num_heads, dropout=self.dropout, name="self_attention",
+            dtype=self.dtype_policy)
         self.self_attention.build(input_shape, input_shape)
-        self.attention_dropout = keras.layers.Dropout(self.dropout)
-        self.attention_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="norm1")
+        self.attention_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        self.attention_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="norm1",
+                                                              dtype=self.dtype_policy)
         self.attention_norm.build(input_shape)
         self.feedforward_in = keras.layers.Dense(
-            self.feedforward_dims, activation="relu", name="linear1")
+            self.feedforward_dims, activation="relu", name="linear1", dtype=self.dtype_policy)
         self.feedforward_in.build(input_shape)
-        self.feedforward_dropout = keras.layers.Dropout(self.dropout)
-        self.feedforward_out = keras.layers.Dense(dims, name="linear2")
+        self.feedforward_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        self.feedforward_out = keras.layers.Dense(dims, name="linear2", dtype=self.dtype_policy)
         self.feedforward_out.build((*input_shape[:-1], self.feedforward_dims))
-        self.output_dropout = keras.layers.Dropout(self.dropout)
-        self.feedforward_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="norm2")
+        self.output_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        self.feedforward_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="norm2",
+                                                                dtype=self.dtype_policy)
         self.feedforward_norm.build(input_shape)
 
     def call(self, inputs, padding_mask=None, training=False):

@@ -190,9 +190,10 @@ def hamming_similarity(sums, regions: int, bits):
 def comparator_weights(student) -> list:
     """Kernel and bias of the comparator's three 3x3 convolutions and its 1x1 one, in the order
     :func:`compare_batch` takes them (Keras variables)."""
-    comparator = student.comparator
-    return [weight for layer in (*comparator.convolutions, comparator.final_convolution)
-            for weight in (layer.kernel, layer.bias)]
+    if student.comparator.padding != "zero":
+        raise ValueError("the fast path runs zero-padded comparators (the DnS students'), not "
+                         f"{student.comparator.padding!r} ones")
+    return student.comparator.convolution_weights()
 
 
 _WEIGHT_SPECS = [tf.TensorSpec([None, None, None, None], tf.float32),

@@ -133,5 +133,14 @@ class VideoComparator(keras.layers.Layer):
         shape = (similarity_shape[0], pooled(similarity_shape[1]), pooled(similarity_shape[2]))
         return shape, (shape if pair_mask_shape is not None else None)
 
+    def convolution_weights(self) -> list:
+        """``[kernel, bias] * 4``: the three 3x3 convolutions, then the 1x1 one, as variables.
+
+        The comparator's whole parameter set, for kernels that run it on other layouts
+        (:func:`dns_tf.similarity_fast.compare_batch` batches many targets in one call).
+        """
+        return [weight for conv in (*self.convolutions, self.final_convolution)
+                for weight in (conv.kernel, conv.bias)]
+
     def get_config(self):
         return {**super().get_config(), "padding": self.padding}

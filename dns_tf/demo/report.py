@@ -37,6 +37,9 @@ from dns_tf.evaluation.index_scores import database_scores
 from dns_tf.evaluation.similarities import SimilarityMatrix
 from dns_tf.evaluation.sweep import Cost, dns_sweep
 from dns_tf.index.store import VideoIndex
+from dns_tf.localization import (LocalizationConfig, frame_to_frame, group_segments,
+                                 localization_metrics, localize_matrix, plot_localization,
+                                 write_segments)
 from dns_tf.retrieval import PAPER_SEARCH, DnSRetriever, SearchConfig, index_metadata
 from serving.client import RemoteBackend
 from serving.server import ModelServer
@@ -169,7 +172,8 @@ def evaluate_demo(root: pathlib.Path, collection, teacher, teacher_features, stu
         server.stop(grace=2)
 
     results = {"merge": SearchConfig().merge, "methods": methods,
-               "sweep": _sweep_points(sweep), "sweep_paper": _sweep_points(sweep_paper)}
+               "sweep": _sweep_points(sweep), "sweep_paper": _sweep_points(sweep_paper),
+               "localization": localize_copies(root, collection, students, features)}
     _write_json(root / "results.json", results)
     np.savez_compressed(root / "similarities.npz", queries=np.array(queries),
                         database=np.array(database), **matrices)
@@ -181,6 +185,42 @@ def evaluate_demo(root: pathlib.Path, collection, teacher, teacher_features, stu
         "(embedded TF Serving API), in process for the teacher and S^f_B.")
     report = write_report(root, description, searched, stats)
     return {"results": results, "table": format_methods(results), "report": str(report)}
+
+
+def localize_copies(root: pathlib.Path, collection, students, features,
+                    pictures: int = 3) -> dict:
+    """Where is the copy: every ND and DS pair of the collection localised with each fine student
+    (:func:`~dns_tf.localization.localize` on its frame-to-frame matrix) against the segments the
+    collection recorded when it cut them. Writes ``localization/<student>.json`` (predicted
+    segments) and, for S^f_A, ``pictures`` PNGs of matrices with both sets of segments drawn;
+    returns ``{student: localization_metrics}``."""
+    truth = group_segments(collection.segments(), source="segments.json")
+    folder = root / "localization"
+    folder.mkdir(exist_ok=True)
+    metrics = {}
+    for key, name in (("fine_attention", "fg_att"), ("fine_binarization", "fg_bin")):
+        student = students[name]
+        indexed = {}
+
+        def stored(video_id):
+            if video_id not in indexed:
+                indexed[video_id] = student.index_video(features[video_id])
+            return indexed[video_id]
+
+        predictions, drawn = {}, 0
+        for query, target in sorted(truth):
+            matrix = frame_to_frame(student, stored(query), stored(target))
+            predictions[query, target] = localize_matrix(matrix, LocalizationConfig())
+            if key == "fine_attention" and drawn < pictures:
+                plot_localization(matrix, folder / f"{query}_{target}.png",
+                                  predictions[query, target], truth[query, target],
+                                  title=f"{query} in {target} ({METHODS[key]})")
+                drawn += 1
+        write_segments(folder / f"{key}.json", predictions)
+        metrics[key] = localization_metrics(truth, predictions)
+        say(f"localisation, {METHODS[key]}: segment F1@IoU0.5 "
+            f"{metrics[key]['segment_f1_iou50']:.3f} over {len(truth)} ND/DS pairs")
+    return metrics
 
 
 def write_report(root: pathlib.Path, description: str = "", searched=(), stats=None) -> pathlib.Path:
@@ -196,6 +236,13 @@ def write_report(root: pathlib.Path, description: str = "", searched=(), stats=N
              "selector and fine times (the fine student runs on the re-ranked share).",
              format_sweeps(results), "![DnS sweep](dns_sweep.png)",
              "## What DnS should show", format_conclusions(conclusions(results))]
+    if "localization" in results:
+        lines = ["| student | segment F1@IoU0.5 | precision | recall | segment µAP | pairs |",
+                 "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {METHODS[key]} | {m['segment_f1_iou50']:.3f} | {m['precision_iou50']:.3f} | "
+                  f"{m['recall_iou50']:.3f} | {m['segment_muap']:.3f} | {m['pairs']} |"
+                  for key, m in results["localization"].items()]
+        parts += ["## Where is the copy (ND and DS pairs, `localization/`)", "\n".join(lines)]
     if searched:
         lines = ["| re-ranked | DSVR | ms / query |", "|---:|---:|---:|"]
         lines += [f"| {p['percentage']:g} % | {p['DSVR']:.3f} | {p['ms_per_query']:.1f} |"

@@ -193,8 +193,12 @@ def localize_copies(root: pathlib.Path, collection, students, features,
     (:func:`~dns_tf.localization.localize` on its frame-to-frame matrix) against the segments the
     collection recorded when it cut them. Writes ``localization/<student>.json`` (predicted
     segments) and, for S^f_A, ``pictures`` PNGs of matrices with both sets of segments drawn;
-    returns ``{student: localization_metrics}``."""
+    returns ``{student: localization_metrics}``. The pictures are of the pairs whose copy is the
+    smallest share of the target (a few seconds inside long footage)."""
     truth = group_segments(collection.segments(), source="segments.json")
+    share = {pair: sum(s.target_end - s.target_start for s in segments)
+             / collection.videos[pair[1]].duration for pair, segments in truth.items()}
+    drawn = set(sorted(truth, key=share.get)[:pictures])
     folder = root / "localization"
     folder.mkdir(exist_ok=True)
     metrics = {}
@@ -207,15 +211,14 @@ def localize_copies(root: pathlib.Path, collection, students, features,
                 indexed[video_id] = student.index_video(features[video_id])
             return indexed[video_id]
 
-        predictions, drawn = {}, 0
+        predictions = {}
         for query, target in sorted(truth):
             matrix = frame_to_frame(student, stored(query), stored(target))
             predictions[query, target] = localize_matrix(matrix, LocalizationConfig())
-            if key == "fine_attention" and drawn < pictures:
+            if key == "fine_attention" and (query, target) in drawn:
                 plot_localization(matrix, folder / f"{query}_{target}.png",
                                   predictions[query, target], truth[query, target],
                                   title=f"{query} in {target} ({METHODS[key]})")
-                drawn += 1
         write_segments(folder / f"{key}.json", predictions)
         metrics[key] = localization_metrics(truth, predictions)
         say(f"localisation, {METHODS[key]}: segment F1@IoU0.5 "

@@ -91,7 +91,8 @@ class FineCodec:
         codes already packed by :func:`pack_bits`, uint8 ``[T, R, B / 8]``.
         """
         fine = np.asarray(fine)
-        if self.kind == "bits" and fine.dtype == np.uint8 and fine.shape[1:] == self.stored_shape_tail:
+        packed = fine.dtype == np.uint8 and fine.shape[1:] == self.stored_shape_tail
+        if self.kind == "bits" and packed:
             stored = fine
         elif fine.ndim == len(self.shape_tail) + 1 and fine.shape[1:] == self.shape_tail:
             if not (np.issubdtype(fine.dtype, np.number) or fine.dtype == np.bool_):

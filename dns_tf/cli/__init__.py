@@ -55,7 +55,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def _chosen_command(argv: list[str]) -> str | None:
-    """The command ``argv`` names: its first word that is not an option (``dns-tf [-h] COMMAND``)."""
+    """The command ``argv`` names: its first word not an option (``dns-tf [-h] COMMAND``)."""
     return next((word for word in argv if not word.startswith("-")), None)
 
 

@@ -44,5 +44,6 @@ def run(args):
 
 def _with_suffix(path, suffix):
     if not path.endswith(suffix):
-        raise SystemExit(f"dns-tf convert: output for this checkpoint must end with {suffix}: {path}")
+        raise SystemExit(f"dns-tf convert: output for this checkpoint must end with {suffix}: "
+                         f"{path}")
     return path

@@ -27,7 +27,8 @@ def register(subparsers) -> None:
                                          "used instead of the authors' servers")
     parser.add_argument("--timeout", type=float, default=60.0,
                         help="seconds a connection may stay silent (default: 60)")
-    parser.add_argument("--list", action="store_true", help="print the names, URLs and uses; fetch nothing")
+    parser.add_argument("--list", action="store_true",
+                        help="print the names, URLs and uses; fetch nothing")
     parser.set_defaults(func=run, parser=parser)
 
 
@@ -40,14 +41,15 @@ def run(args) -> int:
         return 0
     unknown = [name for name in args.names if name not in CHECKPOINTS]
     if unknown:
-        args.parser.error(f"unknown checkpoint {', '.join(unknown)}; known: {', '.join(CHECKPOINTS)}")
+        args.parser.error(f"unknown checkpoint {', '.join(unknown)}; known: "
+                          f"{', '.join(CHECKPOINTS)}")
     if not args.out:
         args.parser.error("the following arguments are required: --out")
     if args.timeout <= 0:
         args.parser.error(f"--timeout must be > 0, got {args.timeout}")
     try:
-        download(args.names or list(CHECKPOINTS), args.out, mirror=args.mirror, timeout=args.timeout,
-                 report=print)
+        download(args.names or list(CHECKPOINTS), args.out, mirror=args.mirror,
+                 timeout=args.timeout, report=print)
     except (DownloadError, OSError) as error:
         print(f"dns-tf download: error: {error}", file=sys.stderr)
         return 1

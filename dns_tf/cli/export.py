@@ -12,7 +12,8 @@ Writes ``<out>/dns/<N>/`` (students + selector), ``<out>/dns_features/<N>/`` (wi
 README. With ``--index``, the index's fine representations are written as a resident store,
 ``<out>/<store_name>/<next version>/`` (``serving/resident_store.py``): queries then send row keys
 instead of targets. ``--index`` alone exports only the store, with the fine student the index
-keeps (``dns-tf index create`` copies it in); re-run it for each new generation of the index. Serve with ``dns-tf serve --model_config_file <out>/models.config`` or
+keeps (``dns-tf index create`` copies it in); re-run it for each new generation of the index.
+Serve with ``dns-tf serve --model_config_file <out>/models.config`` or
 ``tensorflow_model_server`` (the Docker image expects ``--serving_root /models``).
 """
 
@@ -75,7 +76,8 @@ def run(args) -> int:
 
     from dns_tf.convert import load_network
     from dns_tf.index.store import VideoIndex, VideoIndexError
-    from dns_tf.models import CoarseGrainedStudent, FineGrainedStudent, SelectorNetwork, ViSiLTeacher
+    from dns_tf.models import (CoarseGrainedStudent, FineGrainedStudent, SelectorNetwork,
+                               ViSiLTeacher)
     from serving.export import export_models
     from serving.resident_store import export_store
 

@@ -171,7 +171,8 @@ def run_add(args) -> int:
                     added += len(ids)
                     progress.update(len(batch))
             total = len(index)
-            calibration = refresh_calibration_if_stale(index, backend, CalibrationConfig(), force=added > 0)
+            calibration = refresh_calibration_if_stale(index, backend, CalibrationConfig(),
+                                                       force=added > 0)
     except _errors() as error:
         if added:
             print(f"dns-tf index: {added} videos were added before the error; a rerun resumes "
@@ -202,7 +203,8 @@ def run_calibrate(args) -> int:
         with VideoIndex.open(args.index, readonly=True) as index:
             if len(index) < 2:
                 return _fail(f"{args.index} holds {len(index)} videos; calibrating needs >= 2")
-            calibration = refresh_calibration_if_stale(index, open_backend(index), config, force=True)
+            calibration = refresh_calibration_if_stale(index, open_backend(index), config,
+                                                       force=True)
     except _errors() as error:
         return _fail(_message(error))
     print(_describe(calibration))

@@ -7,16 +7,15 @@ or with the networks on a TF Serving server (``--server``).
     dns-tf search --server localhost:8500 --index videos.idx --video clip.mp4 [--json]
     dns-tf search --server host:8500 --ssl_ca ca.pem [--ssl_cert me.pem --ssl_key me.key] ...
 
-Without ``--server`` the networks recorded in the index (``dns-tf index create``) run here.
-With it, coarse retrieval runs here, on the index (ScaNN or exact); indexing the query, the selector and
+Without ``--server`` the networks recorded in the index (``dns-tf index create``) run here. With
+it, coarse retrieval runs here, on the index (ScaNN or exact); indexing the query, the selector and
 the fine re-ranking run on the server's ``dns`` model (``dns-tf export``), pinned to one version
 for the whole run (over TLS with --ssl_ca, --ssl_cert/--ssl_key). When the server holds the index's
 resident fine store (``dns-tf export --index``), re-ranking sends the candidates' row keys;
 otherwise their fine representations. An index built with networks other than the served ones is
-refused (their fingerprints differ). With ``--video`` the file is decoded here and its frames go
-to the server's
-``dns_features`` model. Prints one ranking per query (``--json``: one JSON object). Exit code 0,
-or 1 when the index, a query or the server fails (the message says which).
+refused (their fingerprints differ). With ``--video`` the file is decoded here and its frames go to
+the server's ``dns_features`` model. Prints one ranking per query (``--json``: one JSON object).
+Exit code 0, or 1 when the index, a query or the server fails (the message says which).
 """
 
 from __future__ import annotations

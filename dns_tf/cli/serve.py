@@ -64,7 +64,8 @@ def _log_batching(config: ServeConfig, logger: logging.Logger) -> None:
         logger.warning("--batching_parameters_file is ignored without --enable_batching")
     elif config.batching_parameters_file:
         parameters = read_batching_parameters(config.batching_parameters_file)
-        logger.info("batching parameters: %s", text_format.MessageToString(parameters, as_one_line=True))
+        logger.info("batching parameters: %s",
+                    text_format.MessageToString(parameters, as_one_line=True))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = from_arguments(ServeConfig, args)
     _check_flags(config, args.parser)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logger = logging.getLogger("dns_tf.serve")
     stop_requested = threading.Event()
     # Installed before loading: a signal while models load stops the server right after.
@@ -86,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
                                  max_workers=config.grpc_max_threads or None,
                                  max_request_bytes=config.max_request_bytes,
                                  max_input_elements=config.max_input_elements,
-                                 saved_model_tags=[tag.strip() for tag in config.saved_model_tags.split(",")],
+                                 saved_model_tags=[tag.strip() for tag
+                                                   in config.saved_model_tags.split(",")],
                                  enable_batching=config.enable_batching,
                                  batching_parameters_file=(config.batching_parameters_file
                                                            if config.enable_batching else None),

@@ -226,7 +226,8 @@ def localize_copies(root: pathlib.Path, collection, students, features,
     return metrics
 
 
-def write_report(root: pathlib.Path, description: str = "", searched=(), stats=None) -> pathlib.Path:
+def write_report(root: pathlib.Path, description: str = "", searched=(),
+                 stats=None) -> pathlib.Path:
     """``report.md`` and ``dns_sweep.png`` from ``root/results.json`` (and ``timings.json``)."""
     results = json.loads((root / "results.json").read_text(encoding="utf-8"))
     plot_results(results, root / "dns_sweep.png")
@@ -293,7 +294,8 @@ def conclusions(results: dict, metric: str = "DSVR") -> dict:
     recovered = (at[10] - coarse) / (fine - coarse) if fine != coarse else float("nan")
     return {
         "fine beats coarse by 0.05": (fine - coarse >= 0.05,
-                                      f"S^f_A {fine:.3f} - S^c {coarse:.3f} = {fine - coarse:+.3f}"),
+                                      f"S^f_A {fine:.3f} - S^c {coarse:.3f} = "
+                                      f"{fine - coarse:+.3f}"),
         "DnS at 10 % recovers 80 % of the gap": (
             at[10] >= coarse + 0.8 * (fine - coarse),
             f"{at[10]:.3f}, {100 * recovered:.0f} % of the gap"),

@@ -67,6 +67,9 @@ class DemoConfig:
                                       "query")
     teacher_epochs: int = field(15, "epochs of teacher training")
     student_epochs: int = field(100, "epochs of distillation (one pair per anchor per epoch)")
+    fine_learning_rate: float | None = field(
+        None, "Adam learning rate of the fine students' distillation; None: the paper's 1e-4 "
+              "(S^c keeps its 1e-5)")
     selector_epochs: int = field(20, "epochs of selector training")
     percentages: tuple[float, ...] = field((5.0, 10.0, 25.0, 50.0),
                                            "DnS operating points: % of the database re-ranked")
@@ -193,6 +196,8 @@ class Demo:
                 continue
             say(f"distilling {name}: {self.config.student_epochs} epochs")
             config = DistillationConfig(epochs=self.config.student_epochs, seed=self.config.seed,
+                                        learning_rate=(self.config.fine_learning_rate
+                                                       if name != "cg" else None),
                                         **options)
             students[name] = train_student(features, pairs, config, str(path.parent),
                                            verbose=self._verbose()).network

@@ -35,6 +35,17 @@ COMMANDS = {
 }
 
 
+def error_message(error: Exception | str) -> str:
+    """An error's message for one line: a KeyError's key without the quotes ``str`` adds."""
+    return str(error.args[0] if isinstance(error, KeyError) and error.args else error)
+
+
+def fail(command: str, error: Exception | str, code: int = 1) -> int:
+    """Prints ``dns-tf COMMAND: error: MESSAGE`` on stderr; returns the exit code ``code``."""
+    print(f"dns-tf {command}: error: {error_message(error)}", file=sys.stderr)
+    return code
+
+
 def command_module(name: str):
     """The module implementing command ``name``."""
     return importlib.import_module(f"dns_tf.cli.{name.replace('-', '_')}")

@@ -20,9 +20,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 
 from dns_tf.calibration import MatchThreshold
+from dns_tf.cli import fail
 from dns_tf.evaluation.annotations import AnnotationFormatError, UnsafeAnnotationError
 from dns_tf.evaluation.datasets import DATASET_NAMES, canonical_dataset_name, load_dataset
 from dns_tf.evaluation.thresholds import calibrate_threshold
@@ -80,9 +80,7 @@ def run(args) -> int:
                                                  search, config.target_precision, args.plot)
     except (OSError, ValueError, KeyError, AnnotationFormatError, UnsafeAnnotationError,
             FeatureFileError, VideoIndexError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"dns-tf calibrate: error: {message}", file=sys.stderr)
-        return 1
+        return fail("calibrate", error)
     threshold: MatchThreshold = calibration.threshold
     if args.json:
         print(json.dumps(dataclasses.asdict(threshold), indent=2))

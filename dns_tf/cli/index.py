@@ -32,6 +32,7 @@ import shutil
 import sys
 
 from dns_tf.calibration import CalibrationConfig
+from dns_tf.cli import error_message, fail
 from dns_tf.flags import add_arguments, field, from_arguments
 from dns_tf.indexing import (NETWORKS, NETWORKS_DIR, checked_features, index_videos, open_backend,
                              refresh_calibration_if_stale)
@@ -90,10 +91,8 @@ def register(subparsers) -> None:
     verify.set_defaults(func=run_verify)
 
 
-
-def _fail(message) -> int:
-    print(f"dns-tf index: error: {message}", file=sys.stderr)
-    return 1
+def _fail(error) -> int:
+    return fail("index", error)
 
 
 def _errors():
@@ -102,10 +101,6 @@ def _errors():
     from dns_tf.index.store import VideoIndexError
 
     return (VideoIndexError, FeatureFileError, OSError, KeyError, ValueError)
-
-
-def _message(error: Exception) -> str:
-    return error.args[0] if isinstance(error, KeyError) and error.args else str(error)
 
 
 def run_create(args) -> int:
@@ -127,7 +122,7 @@ def run_create(args) -> int:
             for network, path in paths.items():
                 shutil.copyfile(path, os.path.join(index.path, copies[network]))
     except _errors() as error:
-        return _fail(_message(error))
+        return _fail(error)
     print(f"created {os.path.abspath(args.index)}: {backend.fine_student.kind} fine student "
           f"({backend.fine_kind}), {backend.coarse_student.output_dims}-d coarse vectors")
     return 0
@@ -160,11 +155,11 @@ def run_add(args) -> int:
                     batch, ids, videos = pending[start:start + config.batch_size], [], []
                     for video_id in batch:
                         try:
-                            videos.append(checked_features(features[video_id], video_id, dims,
-                                                   args.features))
+                            videos.append(checked_features(features[video_id], video_id,
+                                                           dims, args.features))
                             ids.append(video_id)
                         except _errors() as error:
-                            failed.append((video_id, _message(error)))
+                            failed.append((video_id, error_message(error)))
                     ids, indexed = index_videos(backend, ids, videos, failed)
                     if ids:
                         index.add_many(ids, indexed.coarse, indexed.fine, indexed.selector)
@@ -177,7 +172,7 @@ def run_add(args) -> int:
         if added:
             print(f"dns-tf index: {added} videos were added before the error; a rerun resumes "
                   f"after them", file=sys.stderr)
-        return _fail(_message(error))
+        return _fail(error)
     print(f"added {added} videos ({skipped} already indexed); {total} videos in {args.index}")
     if calibration is not None:
         print(_describe(calibration))
@@ -206,7 +201,7 @@ def run_calibrate(args) -> int:
             calibration = refresh_calibration_if_stale(index, open_backend(index), config,
                                                        force=True)
     except _errors() as error:
-        return _fail(_message(error))
+        return _fail(error)
     print(_describe(calibration))
     return 0
 
@@ -224,7 +219,7 @@ def run_remove(args) -> int:
                     unknown.append(video_id)
             total = len(index)
     except _errors() as error:
-        return _fail(_message(error))
+        return _fail(error)
     removed = len(set(args.ids)) - len(unknown)
     print(f"removed {removed} videos; {total} videos in {args.index}")
     if unknown:
@@ -239,7 +234,7 @@ def run_stats(args) -> int:
         with VideoIndex.open(args.index, readonly=True) as index:
             stats = {"index": index.path, **index.stats(), **index.metadata}
     except _errors() as error:
-        return _fail(_message(error))
+        return _fail(error)
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0
@@ -263,6 +258,6 @@ def run_verify(args) -> int:
         with VideoIndex.open(args.index, readonly=True) as index:
             summary = index.verify()
     except _errors() as error:
-        return _fail(_message(error).replace("\n", " "))
+        return _fail(error_message(error).replace("\n", " "))
     print(f"{args.index}: {summary['videos']} videos verified, no problems")
     return 0

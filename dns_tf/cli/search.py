@@ -25,8 +25,8 @@ import contextlib
 import dataclasses
 import json
 import os
-import sys
 
+from dns_tf.cli import fail
 from dns_tf.data.feature_files import FeatureFileError, open_features
 from dns_tf.features.video import VideoDecodeError, load_video
 from dns_tf.flags import add_arguments, field, from_arguments
@@ -124,9 +124,7 @@ def run(args) -> int:
                     print(format_ranking(ranking, name))
     except (ServingRequestError, VideoIndexError, FeatureFileError, VideoDecodeError, OSError,
             KeyError, ValueError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"dns-tf search: error: {message}", file=sys.stderr)
-        return 1
+        return fail("search", error)
     if args.json:
         print(json.dumps({"index": os.path.abspath(args.index), **where,
                           "config": dataclasses.asdict(search_config), "queries": results}))

@@ -28,8 +28,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
 
+from dns_tf.cli import fail
 from dns_tf.flags import add_arguments, from_arguments
 from dns_tf.synthetic.features import SyntheticConfig
 from training.config import (DistillationConfig, PairsConfig, SelectorTrainingConfig,
@@ -119,9 +119,7 @@ def _run(run, config_cls, args) -> int:
         with contextlib.ExitStack() as stack:
             return run(config, args, stack)
     except (OSError, ValueError, KeyError, TypeError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"dns-tf train {args.program}: error: {message}", file=sys.stderr)
-        return 2
+        return fail(f"train {args.program}", error, code=2)
 
 
 def _collection(args):

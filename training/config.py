@@ -15,6 +15,9 @@ from dns_tf.flags import field
 #: (``TF_CONFIG``), see :mod:`training.distribute`.
 STRATEGIES = ("default", "mirrored", "multi_worker")
 STUDENT_TYPES = ("fine-grained", "coarse-grained")
+#: Frames per output row of the comparator (its two 2x2 poolings: ``VideoComparator.MIN_FRAMES``;
+#: a plain number here so that building the CLI's flags does not load Keras).
+COMPARATOR_STRIDE = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +100,11 @@ class DistillationConfig:
     r_parameter: float = field(1e-3, "fine-grained only: weight of the similarity "
                                      "regularisation loss")
     augmentation: bool = field(True, "temporal augmentations of positives and negatives")
+    align_frames: bool = field(
+        True, "fine-grained only: cut training videos to a multiple of 4 frames, so that the "
+              "comparator's two 2x2 poolings see in training what they see at search time, "
+              "where each video is compared alone and a last, partial window is dropped (False: "
+              "the authors' padded batches, which keep it)")
     trainset_fraction: float = field(1.0, "share of the training videos used")
     max_frames: int = field(300, "frames kept per video")
     seed: int = field(0, "seeds the subset, each epoch's pairs and the augmentations")
@@ -119,6 +127,11 @@ class DistillationConfig:
     @property
     def coarse(self) -> bool:
         return self.student_type == "coarse-grained"
+
+    @property
+    def frame_multiple(self) -> int:
+        """Frames a training video is cut to a multiple of (see ``align_frames``)."""
+        return COMPARATOR_STRIDE if self.align_frames and not self.coarse else 1
 
     @property
     def triplets_per_batch(self) -> int:

@@ -134,7 +134,8 @@ def train_student(features: Mapping, pairs: TeacherPairs, config: DistillationCo
         return distillation_dataset(
             features, pairs, batch_size=config.triplets_per_batch, seed=config.seed,
             epochs=epochs, first_epoch=first_epoch, augment=config.augmentation,
-            max_frames=config.max_frames, coarse=config.coarse, fraction=config.trainset_fraction)
+            max_frames=config.max_frames, coarse=config.coarse, fraction=config.trainset_fraction,
+            frame_multiple=config.frame_multiple)
 
     validate = validation_evaluator(student, validation, config.max_frames)
 

@@ -4,9 +4,11 @@ The pairs labeller and the validation callbacks both need "similarity of query q
 t1..tn" from whichever network they are given. :class:`PairScorer` hides the difference:
 
 * fine-grained networks (:class:`~dns_tf.models.ViSiLTeacher`,
-  :class:`~dns_tf.models.FineGrainedStudent`): the query and a length-sorted batch of targets are
-  indexed and compared by one compiled function (``[1, Tq, R, D]`` against ``[B, T, R, D]``);
-  nothing is cached, so memory stays bounded by one batch whatever the collection's size;
+  :class:`~dns_tf.models.FineGrainedStudent`): the query and a batch of targets of one length are
+  indexed and compared by one compiled function (``[1, Tq, R, D]`` against ``[B, T, R, D]``), so
+  every pair scores what it scores alone (as search and the authors' evaluation compare it: the
+  comparator's poolings depend on padding); nothing is cached, so memory stays bounded by one
+  batch whatever the collection's size;
 * the coarse-grained student: each video is indexed once into its vector ``[Dc]`` (cached: 4 KB a
   video, until :meth:`PairScorer.clear`), and a pair's similarity is a dot product.
 
@@ -46,21 +48,29 @@ def read_video(features: Mapping, video_id: str, max_frames: int | None = None) 
 
 
 def length_batches(features: Mapping, video_ids: Sequence[str], batch_size: int,
-                   max_frames: int | None = None):
+                   max_frames: int | None = None, same_length: bool = False):
     """Yields ``(ids, videos [B, T, R, D], mask [B, T])`` over ``video_ids``, each video read once.
 
     Videos are read a few batches at a time and batched by similar length within those, so little
-    work goes to padding and memory stays bounded.
+    work goes to padding and memory stays bounded. With ``same_length`` a batch only holds videos
+    of one length (no padding at all): a network whose output depends on padding (the
+    comparator's 2x2 poolings keep a last, partial window of a padded video that a video compared
+    alone drops) then computes what it computes for each video alone, as search and the authors'
+    evaluation do.
     """
     chunk = batch_size * _READ_CHUNK_BATCHES
     for start in range(0, len(video_ids), chunk):
         ids = list(video_ids[start:start + chunk])
         videos = [read_video(features, v, max_frames) for v in ids]
-        order = np.argsort([len(v) for v in videos], kind="stable")
-        for first in range(0, len(order), batch_size):
-            chosen = order[first:first + batch_size]
-            padded, mask = padded_batch_from_arrays([videos[i] for i in chosen])
-            yield [ids[i] for i in chosen], padded, mask
+        lengths = np.array([len(v) for v in videos])
+        order = np.argsort(lengths, kind="stable")
+        runs = (np.split(order, np.flatnonzero(np.diff(lengths[order])) + 1) if same_length
+                else [order])
+        for run in runs:
+            for first in range(0, len(run), batch_size):
+                chosen = run[first:first + batch_size]
+                padded, mask = padded_batch_from_arrays([videos[i] for i in chosen])
+                yield [ids[i] for i in chosen], padded, mask
 
 
 class PairScorer:
@@ -121,7 +131,7 @@ class PairScorer:
         query_mask = np.ones(query.shape[:2], np.float32)
         scores = dict.fromkeys(target_ids, 0.0)
         for ids, videos, mask in length_batches(self.features, list(scores), self.batch_size,
-                                                self.max_frames):
+                                                self.max_frames, same_length=True):
             scores.update(zip(ids, np.asarray(self._compare(query, query_mask, videos, mask))))
         return np.array([scores[v] for v in target_ids], np.float32)
 

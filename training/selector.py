@@ -163,8 +163,10 @@ class SelectorScorer:
     def video_scores(self, video_ids: Sequence[str]) -> dict[str, float]:
         """Each video's self-similarity score, as an index stores it."""
         scores = {}
+        # One length per batch: the selector's comparator scores a padded video otherwise.
         for ids, videos, mask in length_batches(self.features, list(dict.fromkeys(video_ids)),
-                                                self.batch_size, self.max_frames):
+                                                self.batch_size, self.max_frames,
+                                                same_length=True):
             scores.update(zip(ids, np.asarray(self._index(videos, mask))[:, 0].tolist()))
         return scores
 

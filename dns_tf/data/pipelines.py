@@ -183,11 +183,14 @@ class _VideoLoader:
     h5py serialises access anyway; augmenting and padding run in parallel.
     """
 
-    def __init__(self, features: Mapping, max_frames: int | None):
+    def __init__(self, features: Mapping, max_frames: int | None, frame_multiple: int = 1):
         if max_frames is not None and max_frames < 1:
             raise ValueError(f"max_frames must be positive or None, got {max_frames}")
+        if frame_multiple < 1:
+            raise ValueError(f"frame_multiple must be positive, got {frame_multiple}")
         self.features = features
         self.max_frames = max_frames
+        self.frame_multiple = frame_multiple
         self._read_lock = threading.Lock()
 
     def load(self, video_id: str, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -196,9 +199,11 @@ class _VideoLoader:
         if video.ndim != 3 or len(video) == 0:
             raise ValueError(f"video {video_id!r} has shape {video.shape}, expected [T, R, D] "
                              "with T >= 1")
-        if rng is None:
-            return truncate(video, self.max_frames)
-        return temporal_augment(video, rng, self.max_frames)
+        video = (truncate(video, self.max_frames) if rng is None
+                 else temporal_augment(video, rng, self.max_frames))
+        if len(video) > self.frame_multiple:
+            video = video[:len(video) - len(video) % self.frame_multiple]
+        return video
 
     def padded(self, groups: Sequence[list[np.ndarray]]) -> list[np.ndarray]:
         """Pads all videos of all groups to one length; returns video, mask per group."""
@@ -280,7 +285,7 @@ def distillation_dataset(features: Mapping, pairs: TeacherPairs, *, batch_size: 
                          seed: int = 0, epochs: int = 1, first_epoch: int = 0,
                          augment: bool = True, max_frames: int | None = MAX_FRAMES,
                          coarse: bool = False, fraction: float = 1.0,
-                         drop_remainder: bool = False,
+                         frame_multiple: int = 1, drop_remainder: bool = False,
                          num_parallel_calls: int = tf.data.AUTOTUNE) -> tf.data.Dataset:
     """Batches of (anchor, positive, negative) triplets with the teacher's similarities.
 
@@ -295,6 +300,9 @@ def distillation_dataset(features: Mapping, pairs: TeacherPairs, *, batch_size: 
         max_frames: frames kept per video (see the module docstring); ``None`` keeps all.
         coarse: map teacher similarities from ``[-1, 1]`` to ``[0, 1]`` (coarse students).
         fraction: share of the available videos used for training.
+        frame_multiple: cut every video (after augmenting) to a multiple of this many frames
+            (videos shorter than that to their own length); see
+            :attr:`training.config.DistillationConfig.align_frames`.
         drop_remainder: drop each epoch's last, smaller batch.
         num_parallel_calls: batches prepared in parallel.
 
@@ -304,7 +312,7 @@ def distillation_dataset(features: Mapping, pairs: TeacherPairs, *, batch_size: 
         float32 ``[B, 2]`` (teacher's similarity to the positive, to the negative).
     """
     sampler = DistillationSampler(pairs, _video_ids(features), seed, fraction, coarse)
-    loader = _VideoLoader(features, max_frames)
+    loader = _VideoLoader(features, max_frames, frame_multiple)
     index = pairs.index
     steps = _steps(len(sampler), batch_size, drop_remainder)
     sample = functools.lru_cache(maxsize=4)(sampler.sample)

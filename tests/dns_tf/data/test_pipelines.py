@@ -171,6 +171,20 @@ def test_every_video_is_cut_to_max_frames():
                     assert len(frames) == 40  # 400 frames stay over 40 after any augmentation
 
 
+def test_frame_multiple_cuts_videos_to_whole_pooling_windows():
+    features = {**FEATURES, "v05": make_video(5, 3)}  # shorter than the multiple: kept whole
+    lengths = collections.Counter()
+    for batch in distillation_dataset(features, PAIRS, batch_size=10, seed=0, frame_multiple=4):
+        for role in ("anchor", "positive", "negative"):
+            for number, frames in decode(batch[role], batch[f"{role}_mask"]):
+                length = len(FEATURES[f"v{number:02d}"]) if number != 5 else 3
+                assert len(frames) % 4 == 0 or len(frames) == 3
+                if role == "anchor":  # never augmented: its first frames, cut
+                    assert frames == list(range(length - length % 4 if length > 4 else length))
+                lengths[len(frames) % 4] += 1
+    assert lengths[0] > 0
+
+
 def test_same_seed_same_batches_whatever_the_parallelism():
     def run(seed, parallel):
         return batches(distillation_dataset(FEATURES, PAIRS, batch_size=3, seed=seed, epochs=2,

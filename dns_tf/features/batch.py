@@ -41,24 +41,12 @@ class ExtractConfig:
                                          "ImageNet ResNet50, not compatible with official weights)",
                           choices=("torchvision", "keras"))
     fps: float = field(1.0, "frames sampled per second of video")
-    frame_size: int = field(224, "side of the square centre crop the CNN reads; the shorter side "
-                                 "is first resized to 8/7 of it (256 for the authors' 224)")
     max_frames: int | None = field(None, "keep at most this many frames per video")
     batch_size: int = field(32, "frames per CNN batch")
     workers: int = field(2, "video decoding threads")
     format: str | None = field(None, "output format; None: h5 for .h5/.hdf5, else tfrecord",
                                choices=("h5", "tfrecord"))
     dtype: str = field("float32", "feature dtype on disk", choices=("float32", "float16"))
-
-    def __post_init__(self):
-        if self.frame_size < 32:
-            raise ValueError(f"ExtractConfig.frame_size must be at least 32 (ResNet50's stride), "
-                             f"got {self.frame_size}")
-
-    @property
-    def resize(self) -> int:
-        """The shorter side before the centre crop."""
-        return round(self.frame_size * 8 / 7)
 
 
 def find_videos(inputs: Sequence[str]) -> tuple[list[tuple[str, str]], list[dict]]:
@@ -139,8 +127,7 @@ def extract_to_writer(extractor, videos: Sequence[tuple[str, str]], writer,
     start = time.perf_counter()
     bar = tqdm(total=len(todo), unit="video", desc="extract", disable=not progress)
     decoded = decoded_videos(todo, config.workers, failures, fps=config.fps,
-                             max_frames=config.max_frames, resize=config.resize,
-                             crop=config.frame_size)
+                             max_frames=config.max_frames)
 
     def counted(stream):
         # Failed videos leave the stream here; count them as done for the bar.
@@ -190,13 +177,9 @@ def resnet_path(config: ExtractConfig) -> str:
 
 def provenance(config: ExtractConfig) -> dict:
     """What decides the features' values, recorded with them so that a run with other settings
-    cannot append to the same file: dims, backbone weights, PCA, frame rate and (when not the
-    authors' 224) frame size."""
+    cannot append to the same file: dims, backbone weights, PCA and frame rate."""
     pca = config.pca or os.environ.get(PCA_ENV) or None
     backbone = ("keras-applications-imagenet" if config.backbone == "keras"
                 else f"torchvision:{file_fingerprint(resnet_path(config))}")
-    recorded = {"dims": config.dims or (512 if pca else 3840), "backbone": backbone,
-                "pca": file_fingerprint(pca) if pca else None, "fps": float(config.fps)}
-    if config.frame_size != ExtractConfig.frame_size:  # files written before the flag stay valid
-        recorded["frame_size"] = config.frame_size
-    return recorded
+    return {"dims": config.dims or (512 if pca else 3840), "backbone": backbone,
+            "pca": file_fingerprint(pca) if pca else None, "fps": float(config.fps)}

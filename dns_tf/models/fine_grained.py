@@ -7,7 +7,6 @@ frames x regions of two videos -> region chamfer per frame pair -> frame-to-fram
 import keras
 from keras import ops
 
-from dns_tf.layers import VideoComparator
 from dns_tf.layers.ops import hardtanh, zero_masked
 from dns_tf.layers.similarity import (chamfer_similarity, pair_mask, paired_mask,
                                       region_chamfer_all_pairs, region_chamfer_paired)
@@ -20,7 +19,7 @@ from dns_tf.models.losses import similarity_regularization
 class FineGrainedSimilarityModel(keras.Model):
     """Base of the models that compare videos frame by frame and region by region.
 
-    Subclasses create ``self.comparator`` (a :class:`VideoComparator`) and implement
+    Subclasses create ``self.comparator`` (a :class:`~dns_tf.layers.VideoComparator`) and implement
     ``index_video``; ``frame_scale`` rescales raw region dot products (1/bits for binary codes).
     Inputs are indexed videos ``[T, R, D]`` or padded batches ``[N, T, R, D]`` with masks
     ``[N, T]``.

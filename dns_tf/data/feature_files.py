@@ -128,7 +128,8 @@ def _read_provenance_file(path: str) -> dict | None:
     return recorded
 
 
-def _write_json_atomically(path: str, value) -> None:
+def write_json_atomically(path: str, value) -> None:
+    """Writes ``value`` as JSON to ``path`` through a synced temporary file: all or nothing."""
     temporary = path + ".tmp"
     with open(temporary, "w", encoding="utf-8") as file:
         json.dump(value, file, sort_keys=True)
@@ -479,7 +480,7 @@ class TFRecordFeatureWriter:
         given = _normalized(given)
         check_provenance(self.directory, recorded, given)
         if given is not None and not os.path.exists(path):
-            _write_json_atomically(path, {**given, **(recorded or {})})
+            write_json_atomically(path, {**given, **(recorded or {})})
         return {**(given or {}), **(recorded or {})} or None
 
     @staticmethod

@@ -14,8 +14,8 @@ class BeamExtractConfig:
     fps: float = field(1.0, "frames sampled per second of video")
     max_frames: int | None = field(None, "keep at most this many frames per video")
     batch_size: int = field(32, "frames per run of the feature model (the last one padded)")
-    frames_per_inference: int = field(256, "frames of whole videos gathered into one "
-                                           "RunInference batch (bounds a worker's memory)")
+    videos_per_inference: int = field(8, "videos gathered into one RunInference batch (their "
+                                         "frames run batch_size at a time)")
     videos_per_shard: int = field(1000, "videos per output shard (sets the number of shards)")
     dtype: str = field("float32", "feature dtype on disk", choices=("float32", "float16"))
 

@@ -82,7 +82,7 @@ class ExtractFeatures(beam.PTransform):
 
     def __init__(self, model: str, config: BeamExtractConfig = BeamExtractConfig()):
         super().__init__()
-        self.handler = FeaturesModelHandler(model, config.batch_size, config.frames_per_inference)
+        self.handler = FeaturesModelHandler(model, config.batch_size, config.videos_per_inference)
         self.decode = DecodeVideos(config.fps, config.max_frames, self.handler.frame_size)
 
     def expand(self, videos):
@@ -91,7 +91,8 @@ class ExtractFeatures(beam.PTransform):
         return features, decoded[FAILED]
 
 
-def _write_shard(shard, videos, first_shard, directory, dtype):
+def _write_shard(group, first_shard, directory, dtype):
+    shard, videos = group
     path = os.path.join(directory, f"features-{first_shard + shard:05d}.tfrecord")
     frames = 0
 
@@ -128,8 +129,7 @@ class WriteFeatureShards(beam.PTransform):
         return (features
                 | "Assign" >> beam.Map(keyed_by_shard, self.num_shards)
                 | "Group" >> beam.GroupByKey()
-                | "Write" >> beam.MapTuple(_write_shard, self.first_shard, self.directory,
-                                           self.dtype))
+                | "Write" >> beam.Map(_write_shard, self.first_shard, self.directory, self.dtype))
 
 
 class WriteFailures(beam.PTransform):
@@ -171,7 +171,7 @@ def extract_features(videos, out: str, model: str, config: BeamExtractConfig,
         problems: failure records found before the pipeline (missing files), added to the dead
             letter.
     """
-    probe = FeaturesModelHandler(model, config.batch_size, config.frames_per_inference)
+    probe = FeaturesModelHandler(model, config.batch_size, config.videos_per_inference)
     provenance = {"dims": probe.dims, "fps": float(config.fps),
                   "features_model": file_fingerprint(os.path.join(model, "saved_model.pb"))}
     # Held for the run: resumes `out`, checks provenance, keeps other writers out.

@@ -128,7 +128,8 @@ class IndexVideos(beam.PTransform):
         return indexed.indexed, indexed[FAILED]
 
 
-def _write_index_shard(shard, videos, directory, settings):
+def _write_index_shard(group, directory, settings):
+    shard, videos = group
     name = f"shard-{shard:05d}"
     path = os.path.join(directory, name)
     if os.path.isdir(path):  # a rerun, or a retried task: add what is missing
@@ -176,7 +177,7 @@ class WriteIndexShards(beam.PTransform):
         return (indexed
                 | "Assign" >> beam.Map(keyed_by_shard, self.num_shards)
                 | "Group" >> beam.GroupByKey()
-                | "Write" >> beam.MapTuple(_write_index_shard, self.directory, self.settings))
+                | "Write" >> beam.Map(_write_index_shard, self.directory, self.settings))
 
 
 def _write_manifest(shards, failed, directory, run):

@@ -76,7 +76,7 @@ class SavedModelSignatureHandler(ModelHandler):
         path: the SavedModel's version directory (``<export>/<model>/<version>``).
         signature: the signature called.
         **batching: ``ModelHandler``'s batching arguments (``max_batch_size``,
-            ``max_batch_weight``, ``element_size_fn``, ...).
+            ``element_size_fn``, ...).
     """
 
     def __init__(self, path: str | os.PathLike, signature: str, **batching):
@@ -101,13 +101,14 @@ class FeaturesModelHandler(SavedModelSignatureHandler):
     Args:
         path: a ``dns_features`` SavedModel.
         batch_size: frames per signature call.
-        frames_per_inference: frames (of whole videos) gathered into one RunInference batch.
+        videos_per_inference: videos gathered into one RunInference batch.
     """
 
     def __init__(self, path: str | os.PathLike, batch_size: int = 32,
-                 frames_per_inference: int = 256):
-        super().__init__(path, "features", max_batch_weight=max(batch_size, frames_per_inference),
-                         element_size_fn=len)
+                 videos_per_inference: int = 8):
+        # Batches count videos: BatchElements' element sizes (frames) emit empty batches when
+        # one video has more frames than the current target (Beam 2.77).
+        super().__init__(path, "features", max_batch_size=videos_per_inference)
         self.batch_size = int(batch_size)
         shape, _ = self.spec["inputs"]["frames"]
         self.frame_size = shape[1]

@@ -171,8 +171,8 @@ def extract_features(videos, out: str, model: str, config: BeamExtractConfig,
         problems: failure records found before the pipeline (missing files), added to the dead
             letter.
     """
-    probe = FeaturesModelHandler(model, config.batch_size, config.videos_per_inference)
-    provenance = {"dims": probe.dims, "fps": float(config.fps),
+    extract = ExtractFeatures(model, config)
+    provenance = {"dims": extract.handler.dims, "fps": float(config.fps),
                   "features_model": file_fingerprint(os.path.join(model, "saved_model.pb"))}
     # Held for the run: resumes `out`, checks provenance, keeps other writers out.
     with TFRecordFeatureWriter(out, dtype=config.dtype, provenance=provenance) as existing:
@@ -184,7 +184,7 @@ def extract_features(videos, out: str, model: str, config: BeamExtractConfig,
             features, failed = (pipeline
                                 | "Videos" >> beam.Create(todo)
                                 | "Spread" >> beam.Reshuffle()
-                                | "Extract" >> ExtractFeatures(model, config))
+                                | "Extract" >> extract)
             shards = features | "Shards" >> WriteFeatureShards(out, num_shards,
                                                               existing.next_shard, config.dtype)
             failed = ((failed, pipeline | "Problems" >> beam.Create(list(problems)))

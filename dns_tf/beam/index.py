@@ -46,7 +46,7 @@ from dns_tf.beam.config import BeamIndexConfig  # noqa: E402
 from dns_tf.beam.extract import FAILED, WriteFailures  # noqa: E402
 from dns_tf.beam.models import IndexModelHandler  # noqa: E402
 from dns_tf.data.feature_files import open_features, write_json_atomically  # noqa: E402
-from dns_tf.fine_representation import kind_of_dtype  # noqa: E402
+from dns_tf.fine_representation import REGIONS, kind_of_dtype  # noqa: E402
 from dns_tf.index.store import VideoIndex  # noqa: E402
 from dns_tf.indexing import checked_features  # noqa: E402
 
@@ -60,7 +60,7 @@ def index_settings(handler: IndexModelHandler) -> dict:
     fingerprints, the model). Loads the model and indexes one blank frame to read the sizes."""
     model = handler.load_model()
     identity = model.loaded.signatures["model_identity"](batch=tf.zeros([1], tf.int32))
-    (outputs,) = handler.run_inference([np.zeros((1, 9, handler.dims), np.float32)], model)
+    (outputs,) = handler.run_inference([np.zeros((1, REGIONS, handler.dims), np.float32)], model)
     fine_kind = kind_of_dtype(outputs["fine"].dtype)
     regions, size = outputs["fine"].shape[1:]
     return {"coarse_dims": int(outputs["coarse"].shape[-1]), "fine_kind": fine_kind,

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from dns_tf.data.feature_files import (FeatureFileError, HDF5Features, TFRecordFeatures,
-                                       _masked_crc, open_features, open_writer, tfrecord_dataset)
+                                       _masked_crc, open_features, open_writer, tfrecord_dataset,
+                                       write_shard)
 
 
 def _videos(count, seed=0, dims=16):
@@ -378,3 +379,30 @@ def test_a_file_without_provenance_is_described_by_its_dims(tmp_path):
     _write(path, {"video_1": np.ones((2, 9, 512), np.float32)}, provenance={"dims": 512})
     with open_features(path) as features:
         assert features.provenance == {"dims": 512} and len(features) == 2
+
+
+def test_whole_shards_written_at_once_are_read_and_resumed(tmp_path):
+    videos = _videos(5)
+    ids = list(videos)
+    directory = tmp_path / "shards"
+    directory.mkdir()
+    assert write_shard(directory / "features-00003.tfrecord",
+                       ((video_id, videos[video_id]) for video_id in ids[:3])) == 3
+    with pytest.raises(FeatureFileError, match="'video_0' given twice"):
+        write_shard(directory / "features-00007.tfrecord",
+                    [("video_0", videos["video_0"])] * 2)
+    with pytest.raises(FeatureFileError, match="named features-NNNNN"):
+        write_shard(directory / "other.tfrecord", [])
+    assert sorted(os.listdir(directory)) == ["features-00003.tfrecord",
+                                             "features-00003.tfrecord.ids"]  # nothing torn
+    with open_writer(directory) as writer:                 # a writer resumes after them
+        assert writer.ids() == set(ids[:3]) and writer.next_shard == 4
+        for video_id in ids[3:]:
+            writer.write(video_id, videos[video_id])
+    assert (directory / "features-00004.tfrecord").exists()
+    with open_features(directory) as features:
+        assert sorted(features.ids()) == sorted(ids)
+        for video_id in ids:
+            np.testing.assert_array_equal(features[video_id], videos[video_id])
+    read = {video_id.numpy().decode() for video_id, _ in tfrecord_dataset(directory)}
+    assert read == set(ids)                               # TF reads the framing too

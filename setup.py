@@ -25,6 +25,8 @@ setup(
         "scikit-learn>=1.4",
     ],
     extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100",
-                             "import-linter>=2.17"]},
+                             "import-linter>=2.17"],
+                    # `dns-tf beam`: corpus-scale extraction and indexing pipelines
+                    "beam": ["apache-beam==2.77.*"]},
     entry_points={"console_scripts": ["dns-tf=dns_tf.cli:main"]},
 )

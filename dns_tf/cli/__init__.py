@@ -32,6 +32,7 @@ COMMANDS = {
     "export": "export the DnS networks as SavedModels for TF Serving",
     "serve": "serve SavedModels over TF Serving's gRPC API",
     "bench": "run a speed benchmark",
+    "beam": "extract features and index a whole corpus as Apache Beam pipelines",
 }
 
 
@@ -75,7 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else [str(word) for word in argv]
     command = _chosen_command(argv)
     # A placeholder parser for every other command keeps ``dns-tf --help`` complete.
-    args = build_parser(command or "").parse_args(argv)
+    parser = build_parser(command or "")
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # only a command that passes options on (``beam``: to Beam) takes them
+        if not hasattr(args, "pipeline_args"):
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.pipeline_args = unknown
     try:
         code = args.func(args)
     except KeyboardInterrupt:

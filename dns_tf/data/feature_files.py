@@ -15,13 +15,20 @@ Writing is resumable and crash-safe: a rerun skips the videos already written, a
 
 - TFRecord shards are append-only: each record is flushed to the OS before the next one starts, so
   a crash can only leave a torn *last* record, which the next writer cuts off (readers ignore it).
-- HDF5 is not crash-safe on its own: a process killed while HDF5 updates its metadata in place can
-  leave the whole file unreadable. So videos first go to an append-only journal (TFRecord shards
-  in ``<file>.pending/``); on ``close()`` the journal is merged into a new HDF5 file that atomically
-  replaces the old one (``os.replace``), and only then is the journal removed. The HDF5 file on
-  disk is therefore always a complete file from a finished merge, and :func:`open_features` on it
-  also returns the videos still in the journal. Cost: the merge rewrites the file (a sequential
-  copy once per run) and the disk holds the journal until then.
+- HDF5 is not crash-safe on its own: it has no journal for its metadata, so a process killed
+  while HDF5 updates the metadata of a file in place (the root group's links, heaps and B-trees,
+  free space, the superblock) can leave the whole file unreadable, old videos included. SWMR
+  (``libver="latest"``) does not help: it keeps a file readable while data is *appended to
+  existing datasets*, but forbids creating datasets, and the authors' layout is one dataset per
+  video. So an HDF5 file, once written, is never opened for writing again. New videos first go to
+  an append-only journal (TFRecord shards in ``<file>.pending/``); on ``close()`` the journal's
+  videos are *sealed* into one new HDF5 file, written under a temporary name, synced and renamed
+  into place: the file itself on the first run, then ``<file>.parts/part-NNNNN.h5`` (a directory
+  of HDF5 shards whose listing is the manifest: a part exists under its name only once
+  complete). Only then is the journal removed. Appending costs the new videos' bytes only: the
+  existing file keeps its inode and bytes, however large it is. :func:`open_features` reads the
+  file, its parts and the journal as one; the authors' loaders, reading the file alone, see the
+  videos of the first run (their own files, which have no parts, are unchanged).
 
 Example:
 
@@ -30,7 +37,7 @@ Example:
             if video_id not in writer:
                 writer.write(video_id, features)
 
-    with open_features("features.h5") as features:       # or a TFRecord directory / glob
+    with open_features("features.h5") as features:       # or a directory of shards, a glob
         features["video_1"]                               # [T, 9, 512] float32
         features.ids()
 
@@ -61,10 +68,13 @@ INDEX_SUFFIX = ".ids"
 PROVENANCE_FILE = "provenance.json"
 PROVENANCE_ATTR = "dns_tf_provenance"
 PENDING_SUFFIX = ".pending"
+PARTS_SUFFIX = ".parts"
 DTYPES = ("float32", "float16")
 DEFAULT_VIDEOS_PER_SHARD = 1000
 
 _SHARD_PATTERN = re.compile(r"^features-(\d{5,})\.tfrecord$")
+_PART_PATTERN = re.compile(r"^part-(\d{5,})\.h5$")
+_SEALING_SUFFIX = ".sealing"
 # TFRecord framing: uint64 length, uint32 masked CRC of the length, data, uint32 masked CRC of data.
 _HEADER_BYTES = 12
 _FOOTER_BYTES = 4
@@ -118,7 +128,8 @@ def _read_provenance_file(path: str) -> dict | None:
     return recorded
 
 
-def _write_json_atomically(path: str, value) -> None:
+def write_json_atomically(path: str, value) -> None:
+    """Writes ``value`` as JSON to ``path`` through a synced temporary file: all or nothing."""
     temporary = path + ".tmp"
     with open(temporary, "w", encoding="utf-8") as file:
         json.dump(value, file, sort_keys=True)
@@ -315,6 +326,93 @@ def _shard_paths(location: str | os.PathLike) -> list[str]:
     return paths
 
 
+def _fsync_directory(path: str) -> None:
+    """Makes a rename or a new file in directory ``path`` durable."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+class _ShardAppender:
+    """Appends records to one new TFRecord shard and its ``.ids`` sidecar.
+
+    Each record is framed as TFRecord does (length, masked CRC-32C of the length, data, masked
+    CRC-32C of the data) and flushed to the OS before the next one starts, then its sidecar line.
+    """
+
+    def __init__(self, path: str, index_path: str | None = None):
+        self.path = path
+        self._file = open(path, "wb")
+        self._index_file = open(index_path or path + INDEX_SUFFIX, "w", encoding="utf-8")
+        self.videos = 0
+        self._bytes = 0
+
+    def append(self, video_id: str, features: np.ndarray) -> None:
+        """Appends one checked video ``[T, R, D]`` (already in its on-disk dtype)."""
+        record = encode_example(video_id, features)
+        length = struct.pack("<Q", len(record))
+        self._file.write(length + struct.pack("<I", _masked_crc(length)) + record
+                         + struct.pack("<I", _masked_crc(record)))
+        self._file.flush()
+        total = _HEADER_BYTES + len(record) + _FOOTER_BYTES
+        self._index_file.write(json.dumps(
+            {"id": video_id, "offset": self._bytes, "length": total}) + "\n")
+        self._index_file.flush()
+        self._bytes += total
+        self.videos += 1
+
+    def close(self, sync: bool = False) -> None:
+        for file in (self._file, self._index_file):
+            if file.closed:
+                continue
+            if sync:
+                os.fsync(file.fileno())
+            file.close()
+
+
+def write_shard(path: str | os.PathLike, videos, dtype: str = "float32") -> int:
+    """Writes one complete TFRecord shard (and its ``.ids`` sidecar) at once, atomically.
+
+    For writers that produce whole shards side by side (the Beam pipelines, one task per shard):
+    the shard is written under a temporary name, synced and renamed into place, so a task that is
+    killed or retried leaves the shard either complete or absent, never torn; a rerun replaces it.
+
+    Args:
+        path: the shard, ``<directory>/features-NNNNN.tfrecord``.
+        videos: iterable of ``(video_id, features [T, R, D])``, ids unique in the directory.
+        dtype: ``"float32"`` or ``"float16"`` on disk.
+
+    Returns:
+        The number of videos written.
+    """
+    path = os.fspath(path)
+    dtype = _check_dtype(dtype)
+    if not _SHARD_PATTERN.match(os.path.basename(path)):
+        raise FeatureFileError(f"{path}: shards are named features-NNNNN{TFRECORD_SUFFIX}")
+    temporary = f"{path}.tmp-{os.getpid()}"
+    shard = _ShardAppender(temporary, temporary + INDEX_SUFFIX)
+    try:
+        seen = set()
+        for video_id, features in videos:
+            video_id = _check_video_id(video_id)
+            if video_id in seen:
+                raise FeatureFileError(f"{path}: video {video_id!r} given twice")
+            seen.add(video_id)
+            shard.append(video_id, _check_features(video_id, features, dtype))
+        shard.close(sync=True)
+        os.replace(temporary + INDEX_SUFFIX, path + INDEX_SUFFIX)
+        os.replace(temporary, path)
+        _fsync_directory(os.path.dirname(path) or ".")
+    finally:
+        shard.close()
+        for leftover in (temporary, temporary + INDEX_SUFFIX):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+    return shard.videos
+
+
 class TFRecordFeatureWriter:
     """Appends videos to TFRecord shards in ``directory``; resumable and crash-safe.
 
@@ -341,18 +439,15 @@ class TFRecordFeatureWriter:
         os.makedirs(self.directory, exist_ok=True)
         self._lock = _Lock(os.path.join(self.directory, ".lock"), self.directory)
         self._done: set[str] = set()
-        self._next_shard = 0
+        # The number of the next shard this writer starts (one past the last on disk).
+        self.next_shard = 0
         try:
             self._recover()
             self.provenance = self._settle_provenance(provenance)
         except BaseException:
             self._lock.release()
             raise
-        self._writer = None
-        self._shard_path = None
-        self._index_file = None
-        self._shard_videos = 0
-        self._shard_bytes = 0
+        self._shard = None
 
     def _recover(self) -> None:
         """Cuts torn tails off the shards of a killed writer and collects the finished videos."""
@@ -361,7 +456,7 @@ class TFRecordFeatureWriter:
             if not match:
                 continue
             path = os.path.join(self.directory, name)
-            self._next_shard = max(self._next_shard, int(match.group(1)) + 1)
+            self.next_shard = max(self.next_shard, int(match.group(1)) + 1)
             records, end = _scan_records(path)
             if end < os.path.getsize(path):
                 os.truncate(path, end)
@@ -385,7 +480,7 @@ class TFRecordFeatureWriter:
         given = _normalized(given)
         check_provenance(self.directory, recorded, given)
         if given is not None and not os.path.exists(path):
-            _write_json_atomically(path, {**given, **(recorded or {})})
+            write_json_atomically(path, {**given, **(recorded or {})})
         return {**(given or {}), **(recorded or {})} or None
 
     @staticmethod
@@ -418,32 +513,20 @@ class TFRecordFeatureWriter:
                                    f"{self.directory} holds {dims}-d ones")
         if dims is None:
             self.provenance = {**(self.provenance or {}), "dims": int(features.shape[-1])}
-        record = encode_example(video_id, features)
-        if self._writer is None or self._shard_videos >= self.videos_per_shard:
-            self._open_shard(tf)
-        self._writer.write(record)
-        self._writer.flush()
-        total = _HEADER_BYTES + len(record) + _FOOTER_BYTES
-        self._index_file.write(json.dumps(
-            {"id": video_id, "offset": self._shard_bytes, "length": total}) + "\n")
-        self._index_file.flush()
-        self._shard_bytes += total
-        self._shard_videos += 1
+        if self._shard is None or self._shard.videos >= self.videos_per_shard:
+            self._close_shard()
+            self._shard = _ShardAppender(self._shard_name(self.next_shard))
+            self.next_shard += 1
+        self._shard.append(video_id, features)
         self._done.add(video_id)
 
-    def _open_shard(self, tf) -> None:
-        self._close_shard()
-        self._shard_path = os.path.join(self.directory, f"features-{self._next_shard:05d}.tfrecord")
-        self._next_shard += 1
-        self._writer = tf.io.TFRecordWriter(self._shard_path)
-        self._index_file = open(self._shard_path + INDEX_SUFFIX, "w", encoding="utf-8")
-        self._shard_videos = self._shard_bytes = 0
+    def _shard_name(self, number: int) -> str:
+        return os.path.join(self.directory, f"features-{number:05d}{TFRECORD_SUFFIX}")
 
     def _close_shard(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._index_file.close()
-            self._writer = self._index_file = None
+        if self._shard is not None:
+            self._shard.close()
+            self._shard = None
 
     def close(self) -> None:
         self._close_shard()
@@ -456,33 +539,48 @@ class TFRecordFeatureWriter:
         self.close()
 
 
-class HDF5FeatureWriter:
-    """Writes the authors' HDF5 layout through a crash-safe journal (see the module docstring).
+def _part_paths(path: str) -> list[str]:
+    """The sealed parts appended to the HDF5 file ``path``, in the order they were written."""
+    directory = path + PARTS_SUFFIX
+    if not os.path.isdir(directory):
+        return []
+    return [os.path.join(directory, name) for name in sorted(os.listdir(directory))
+            if _PART_PATTERN.match(name)]
 
-    ``write`` appends to the journal ``<path>.pending/`` (TFRecord shards); ``close`` merges the
-    journal into a new file that atomically replaces ``path``. A rerun after a crash finds the
-    journal, skips its videos and merges everything when it closes.
+
+class HDF5FeatureWriter:
+    """Writes the authors' HDF5 layout through a crash-safe journal; never rewrites a file.
+
+    ``write`` appends to the journal ``<path>.pending/`` (TFRecord shards). ``close`` seals the
+    journal's videos into one new HDF5 file, written under a temporary name and renamed into
+    place: ``path`` itself if it does not exist yet, else the next part
+    ``<path>.parts/part-NNNNN.h5``. Only then is the journal removed. A rerun after a crash finds
+    the journal, skips its videos and seals everything when it closes. See the module docstring
+    for why videos are not appended to the existing file.
 
     Args:
         path: the ``.h5`` / ``.hdf5`` file.
         dtype: ``"float32"`` or ``"float16"`` datasets.
         provenance: how the features are made (see :func:`check_provenance`); recorded in the
-            file's ``dns_tf_provenance`` attribute, checked when the file is appended to.
+            ``dns_tf_provenance`` attribute of every file sealed, checked when appending.
     """
 
     def __init__(self, path: str | os.PathLike, dtype: str = "float32",
                  provenance: Mapping | None = None):
         self.path = os.fspath(path)
         self.dtype = _check_dtype(dtype)
-        self._merging_path = self.path + ".merging"
         self._lock = _Lock(self.path + ".lock", self.path)
         try:
-            if os.path.exists(self._merging_path):  # a merge that was killed: start it over
-                os.remove(self._merging_path)
+            parts = self.path + PARTS_SUFFIX
+            for name in os.listdir(parts) if os.path.isdir(parts) else ():
+                if name.endswith(_SEALING_SUFFIX):  # a seal that was killed: the journal has it
+                    os.remove(os.path.join(parts, name))
+            if os.path.exists(self.path + _SEALING_SUFFIX):
+                os.remove(self.path + _SEALING_SUFFIX)
             self._existing = set()
             recorded = None
             if os.path.exists(self.path):
-                with HDF5Features(self.path) as file:
+                with _sealed_features(self.path) as file:
                     self._existing = set(file.keys())
                     recorded = file.provenance
                     if recorded is None and len(file):
@@ -512,35 +610,45 @@ class HDF5FeatureWriter:
         self._journal.write(video_id, features)
 
     def close(self) -> None:
-        """Merges the journal into ``path`` (atomically) and removes the journal."""
+        """Seals the journal's videos into a new file (``path`` or its next part), then removes
+        the journal."""
         self._journal.close()
         try:
-            self._merge()
+            self._seal()
         finally:
             self._lock.release()
 
-    def _merge(self) -> None:
+    def _seal(self) -> None:
         journal_dir = self.path + PENDING_SUFFIX
-        pending = TFRecordFeatures(journal_dir) if _shard_paths(journal_dir) else None
-        if pending is None or all(video_id in self._existing for video_id in pending.ids()):
-            if pending is not None:
-                pending.close()
-            shutil.rmtree(journal_dir)
-            return
-        with pending, h5py.File(self._merging_path, "w") as merged:
-            if self._journal.provenance:
-                merged.attrs[PROVENANCE_ATTR] = json.dumps(self._journal.provenance,
-                                                           sort_keys=True)
-            if os.path.exists(self.path):
-                with _open_hdf5(self.path) as old:
-                    for video_id in old:
-                        old.copy(old[video_id], merged, name=video_id)
-            for video_id in pending.ids():
-                if video_id not in self._existing:
-                    merged.create_dataset(video_id, data=pending[video_id].astype(self.dtype))
-        os.replace(self._merging_path, self.path)
-        self._existing |= set(pending.ids())
+        with TFRecordFeatures(journal_dir) as pending:
+            new = [video_id for video_id in pending.ids() if video_id not in self._existing]
+            if new:
+                self._write_sealed(self._next_file(), pending, new)
+        self._existing.update(new)
         shutil.rmtree(journal_dir)
+
+    def _next_file(self) -> str:
+        if not os.path.exists(self.path):
+            return self.path
+        parts = _part_paths(self.path)
+        number = int(_PART_PATTERN.match(os.path.basename(parts[-1])).group(1)) + 1 if parts else 0
+        os.makedirs(self.path + PARTS_SUFFIX, exist_ok=True)
+        return os.path.join(self.path + PARTS_SUFFIX, f"part-{number:05d}.h5")
+
+    def _write_sealed(self, target: str, pending: FeatureFile, video_ids: list[str]) -> None:
+        """Writes ``video_ids`` to a new HDF5 file that appears at ``target`` complete or not at
+        all (temporary name, flushed, synced, renamed, directory synced)."""
+        temporary = target + _SEALING_SUFFIX
+        with h5py.File(temporary, "w") as sealed:
+            if self._journal.provenance:
+                sealed.attrs[PROVENANCE_ATTR] = json.dumps(self._journal.provenance,
+                                                           sort_keys=True)
+            for video_id in video_ids:
+                sealed.create_dataset(video_id, data=pending[video_id].astype(self.dtype))
+        with open(temporary, "rb+") as file:
+            os.fsync(file.fileno())
+        os.replace(temporary, target)
+        _fsync_directory(os.path.dirname(os.path.abspath(target)))
 
     def __enter__(self):
         return self
@@ -698,54 +806,94 @@ class TFRecordFeatures(FeatureFile):
         return f"TFRecordFeatures({self.location!r})"
 
 
-class _JournaledHDF5Features(FeatureFile):
-    """An HDF5 file plus the videos still in its writer's journal (a run not finished yet)."""
+class ShardedFeatures(FeatureFile):
+    """Several feature files read as one (HDF5 parts, journal shards, a directory of shards).
 
-    def __init__(self, path: str):
-        self.path = path
-        self._file = HDF5Features(path) if os.path.exists(path) else None
-        self._journal = TFRecordFeatures(path + PENDING_SUFFIX)
-        in_file = set(self._file or ())
-        self._ids = list(self._file or ()) + [
-            video_id for video_id in self._journal if video_id not in in_file]
+    A video in more than one of them resolves to its copy in the last one.
+
+    Args:
+        files: :class:`FeatureFile` objects, oldest first; closed with this one.
+        name: what to call them in messages.
+    """
+
+    def __init__(self, files: list[FeatureFile], name: str):
+        self.files = list(files)
+        self.name = name
+        self.provenance = next((file.provenance for file in self.files if file.provenance), None)
+        self._where = {video_id: file for file in self.files for video_id in file}
 
     def __getitem__(self, video_id) -> np.ndarray:
-        if self._file is not None and video_id in self._file:
-            return self._file[video_id]
-        if video_id in self._journal:
-            return self._journal[video_id]
-        raise self._missing(video_id)
+        if video_id not in self._where:
+            raise self._missing(video_id)
+        return self._where[video_id][video_id]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._ids)
+        return iter(self._where)
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return len(self._where)
+
+    def __contains__(self, video_id) -> bool:
+        return video_id in self._where
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        self._journal.close()
+        for file in self.files:
+            file.close()
 
     def __repr__(self):
-        return f"HDF5Features({self.path!r} with its pending journal)"
+        return f"ShardedFeatures({self.name!r}, {len(self.files)} files)"
+
+
+def _opened_all(opener, locations) -> list[FeatureFile]:
+    """``[opener(location)]``; those already opened are closed if one fails."""
+    files = []
+    try:
+        for location in locations:
+            files.append(opener(location))
+    except BaseException:
+        for file in files:
+            file.close()
+        raise
+    return files
+
+
+def _sealed_features(path: str) -> FeatureFile:
+    """An HDF5 file with the parts appended to it (what finished writers sealed)."""
+    parts = _part_paths(path)
+    if not parts:
+        return HDF5Features(path)
+    return ShardedFeatures(_opened_all(HDF5Features, [path, *parts]), path)
+
+
+def _hdf5_shards(directory: str) -> list[str]:
+    return sorted(os.path.join(directory, name) for name in os.listdir(directory)
+                  if name.lower().endswith(HDF5_SUFFIXES))
 
 
 def open_features(path: str | os.PathLike) -> FeatureFile:
-    """Opens region features for reading: an ``.h5``/``.hdf5`` file (with the videos of an
-    unfinished run still in its journal), or TFRecord shards (a directory, a shard, a glob)."""
+    """Opens region features for reading.
+
+    ``path`` is an ``.h5``/``.hdf5`` file (with the parts appended to it and the videos of an
+    unfinished run still in its journal), a directory of HDF5 files (read as one), or TFRecord
+    shards (a directory, a shard, a glob).
+    """
     path = os.fspath(path)
     if feature_format(path) == "h5":
-        if _shard_paths_or_none(path + PENDING_SUFFIX):
-            return _JournaledHDF5Features(path)
+        journal = path + PENDING_SUFFIX
+        if os.path.isdir(journal) and _shard_paths(journal):
+            sealed = [path] if os.path.exists(path) else []
+            return ShardedFeatures(_opened_all(
+                lambda location: (TFRecordFeatures(location) if location == journal
+                                  else _sealed_features(location)), [*sealed, journal]),
+                f"{path} with its pending journal")
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path}: no such feature file")
-        return HDF5Features(path)
+        return _sealed_features(path)
+    if os.path.isdir(path) and not _shard_paths(path):
+        shards = _hdf5_shards(path)
+        if shards:
+            return ShardedFeatures(_opened_all(_sealed_features, shards), path)
     return TFRecordFeatures(path)
-
-
-def _shard_paths_or_none(directory: str) -> list[str] | None:
-    return _shard_paths(directory) if os.path.isdir(directory) else None
 
 
 def tfrecord_dataset(location: str | os.PathLike, num_parallel_reads: int | None = None):

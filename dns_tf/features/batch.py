@@ -94,16 +94,19 @@ def decoded_videos(videos: Sequence[tuple[str, str]], workers: int, failures: li
             yield from _take_first(queue, failures)
 
 
+def decode_failure(video_id: str, path: str, error: Exception) -> dict:
+    """``{"video_id", "path", "reason"}``: the report of a video that could not be decoded."""
+    reason = (error.reason if isinstance(error, VideoDecodeError)
+              else f"{type(error).__name__}: {error}")
+    return {"video_id": video_id, "path": path, "reason": reason}
+
+
 def _take_first(queue, failures):
     video_id, path, future = queue.pop(0)
     try:
         frames = future.result()
-    except VideoDecodeError as error:
-        failures.append({"video_id": video_id, "path": path, "reason": error.reason})
-        return
     except Exception as error:  # a broken file must not stop the collection
-        failures.append({"video_id": video_id, "path": path,
-                         "reason": f"{type(error).__name__}: {error}"})
+        failures.append(decode_failure(video_id, path, error))
         return
     yield video_id, frames
 

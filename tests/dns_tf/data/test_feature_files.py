@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from dns_tf.data.feature_files import (FeatureFileError, HDF5Features, TFRecordFeatures,
-                                       _masked_crc, open_features, open_writer, tfrecord_dataset)
+                                       _masked_crc, open_features, open_writer, tfrecord_dataset,
+                                       write_shard)
 
 
 def _videos(count, seed=0, dims=16):
@@ -174,7 +175,7 @@ def test_writer_killed_mid_write_loses_at_most_the_video_in_flight(tmp_path, nam
         check(features, ids)
 
 
-def test_interrupted_merge_leaves_the_previous_file_intact(tmp_path, monkeypatch):
+def test_interrupted_seal_leaves_the_file_intact_and_the_journal_whole(tmp_path, monkeypatch):
     videos = _videos(4)
     path = tmp_path / "features.h5"
     with open_writer(path) as writer:
@@ -187,7 +188,7 @@ def test_interrupted_merge_leaves_the_previous_file_intact(tmp_path, monkeypatch
     def dying_create_dataset(self, name, **kwargs):
         calls.append(name)
         if len(calls) == 2:
-            raise OSError("disk full")   # the merge stops half-way, as a crash would
+            raise OSError("disk full")   # the seal stops half-way, as a crash would
         return original(self, name, **kwargs)
 
     original = h5py.Group.create_dataset
@@ -195,16 +196,122 @@ def test_interrupted_merge_leaves_the_previous_file_intact(tmp_path, monkeypatch
     with pytest.raises(OSError, match="disk full"):
         writer.close()
     monkeypatch.setattr(h5py.Group, "create_dataset", original)
-    with h5py.File(path, "r") as file:                    # the old file, untouched
+    with h5py.File(path, "r") as file:                    # the file, untouched
         assert list(file.keys()) == ["video_0"]
+    assert os.listdir(str(path) + ".parts") == ["part-00000.h5.sealing"]  # never read
     with open_features(path) as features:                 # plus the journal
         assert sorted(features.ids()) == sorted(videos)
-    with open_writer(path) as writer:                     # the next run merges everything
+    with open_writer(path) as writer:                     # the next run seals everything
         assert writer.ids() == set(videos)
-    assert not os.path.exists(str(path) + ".merging")
-    with HDF5Features(path) as features:
+    assert sorted(os.listdir(tmp_path)) == ["features.h5", "features.h5.parts"]
+    assert os.listdir(str(path) + ".parts") == ["part-00000.h5"]
+    with h5py.File(str(path) + ".parts/part-00000.h5", "r") as part:   # the authors' layout
+        assert sorted(part.keys()) == ["video_1", "video_2", "video_3"]
+    with open_features(path) as features:
         assert sorted(features.ids()) == sorted(videos)
         np.testing.assert_array_equal(features["video_3"], videos["video_3"])
+
+
+_SEAL_CHILD = textwrap.dedent("""
+    import sys, time
+    import h5py
+    import numpy as np
+    from dns_tf.data.feature_files import open_writer
+
+    original = h5py.Group.create_dataset
+
+    def slow_create_dataset(self, name, **kwargs):   # the kill lands inside the seal, mid-file
+        dataset = original(self, name, **kwargs)
+        if len(self) == 3:
+            print("sealing", flush=True)
+            time.sleep(60)
+        return dataset
+
+    h5py.Group.create_dataset = slow_create_dataset
+    writer = open_writer(sys.argv[1])
+    for index in range(int(sys.argv[2]), int(sys.argv[3])):
+        writer.write(f"video_{index}", np.full((20, 9, 64), index, np.float32))
+        print(f"video_{index}", flush=True)
+    writer.close()
+""")
+
+
+def test_writer_killed_while_sealing_an_append_loses_nothing_acknowledged(tmp_path):
+    path = tmp_path / "features.h5"
+    _write(path, {f"video_{index}": np.full((20, 9, 64), index, np.float32)
+                  for index in range(5)})
+    before = os.stat(path)
+    child = subprocess.Popen([sys.executable, "-c", _SEAL_CHILD, str(path), "5", "10"],
+                             stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    acknowledged = []
+    for line in child.stdout:
+        if line.strip() == "sealing":
+            break
+        acknowledged.append(line.strip())
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert acknowledged == [f"video_{index}" for index in range(5, 10)]
+    after = os.stat(path)
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino, before.st_size, before.st_mtime_ns)
+
+    def check(features):
+        assert sorted(features.ids()) == sorted(f"video_{index}" for index in range(10))
+        for video_id in features.ids():
+            np.testing.assert_array_equal(features[video_id][:, 0, 0], int(video_id[6:]))
+
+    with open_features(path) as features:                 # readable right after the kill
+        check(features)
+    with open_writer(path) as writer:                      # the rerun seals the journal
+        assert len(writer) == 10
+    assert os.listdir(str(path) + ".parts") == ["part-00000.h5"]
+    assert not os.path.exists(str(path) + ".pending")
+    with open_features(path) as features:
+        check(features)
+
+
+def _bytes_written() -> int:
+    with open("/proc/self/io") as file:
+        return next(int(line.split()[1]) for line in file if line.startswith("wchar"))
+
+
+def test_appending_to_a_large_file_does_not_rewrite_it(tmp_path):
+    path = tmp_path / "features.h5"
+    big = {f"video_{index}": np.full((100, 9, 512), index, np.float32) for index in range(40)}
+    _write(path, big)                                      # 74 MB
+    before = os.stat(path)
+    with open(path, "rb") as file:
+        head = file.read(1 << 20)
+    new = {f"new_{index}": video for index, video in enumerate(_videos(3, dims=512).values())}
+    written = _bytes_written()
+    _write(path, new)
+    written = _bytes_written() - written
+    # The journal and the new part: a few times the new videos' bytes, not the file's 74 MB.
+    assert written < 16 * sum(video.nbytes for video in new.values()) + (1 << 20) < before.st_size // 10
+    after = os.stat(path)
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino, before.st_size, before.st_mtime_ns)
+    with open(path, "rb") as file:
+        assert file.read(1 << 20) == head
+    with open_features(path) as features:
+        assert sorted(features.ids()) == sorted([*big, *new])
+        np.testing.assert_array_equal(features["video_39"], big["video_39"])
+        np.testing.assert_array_equal(features["new_2"], new["new_2"])
+
+
+def test_open_features_reads_a_directory_of_hdf5_shards(tmp_path):
+    videos = _videos(6)
+    ids = list(videos)
+    for shard, chunk in enumerate((ids[:2], ids[2:5], ids[5:])):
+        _write(tmp_path / f"shard-{shard}.h5", {video_id: videos[video_id] for video_id in chunk})
+    _write(tmp_path / "shard-1.h5", {"extra": videos["video_0"]})   # shards with parts too
+    with open_features(tmp_path) as features:
+        assert sorted(features.ids()) == sorted([*ids, "extra"])
+        for video_id in ids:
+            np.testing.assert_array_equal(features[video_id], videos[video_id])
+        with pytest.raises(KeyError, match="missing"):
+            features["missing"]
 
 
 def _write(path, videos, **kwargs):
@@ -272,3 +379,30 @@ def test_a_file_without_provenance_is_described_by_its_dims(tmp_path):
     _write(path, {"video_1": np.ones((2, 9, 512), np.float32)}, provenance={"dims": 512})
     with open_features(path) as features:
         assert features.provenance == {"dims": 512} and len(features) == 2
+
+
+def test_whole_shards_written_at_once_are_read_and_resumed(tmp_path):
+    videos = _videos(5)
+    ids = list(videos)
+    directory = tmp_path / "shards"
+    directory.mkdir()
+    assert write_shard(directory / "features-00003.tfrecord",
+                       ((video_id, videos[video_id]) for video_id in ids[:3])) == 3
+    with pytest.raises(FeatureFileError, match="'video_0' given twice"):
+        write_shard(directory / "features-00007.tfrecord",
+                    [("video_0", videos["video_0"])] * 2)
+    with pytest.raises(FeatureFileError, match="named features-NNNNN"):
+        write_shard(directory / "other.tfrecord", [])
+    assert sorted(os.listdir(directory)) == ["features-00003.tfrecord",
+                                             "features-00003.tfrecord.ids"]  # nothing torn
+    with open_writer(directory) as writer:                 # a writer resumes after them
+        assert writer.ids() == set(ids[:3]) and writer.next_shard == 4
+        for video_id in ids[3:]:
+            writer.write(video_id, videos[video_id])
+    assert (directory / "features-00004.tfrecord").exists()
+    with open_features(directory) as features:
+        assert sorted(features.ids()) == sorted(ids)
+        for video_id in ids:
+            np.testing.assert_array_equal(features[video_id], videos[video_id])
+    read = {video_id.numpy().decode() for video_id, _ in tfrecord_dataset(directory)}
+    assert read == set(ids)                               # TF reads the framing too

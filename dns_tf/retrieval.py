@@ -6,9 +6,13 @@
       ──fine similarity on those pairs──> fine scores mapped s/2 + 1/2
       ──merge (SearchConfig.merge)──> ranking
 
-Merges: ``calibrated`` (default) puts the candidates that were not re-ranked on the fine scale too,
-with the index's coarse-to-fine map (:mod:`dns_tf.calibration`), so that one scale ranks them all;
-``paper`` leaves them at their raw coarse similarity, as the authors' ``evaluation_dns.py`` does.
+Merges: ``calibrated`` (default) and ``cascade`` put the candidates that were not re-ranked on the
+fine scale too, with the index's coarse-to-fine map (:mod:`dns_tf.calibration`); ``calibrated``
+ranks everything by those scores, ``cascade`` ranks the re-ranked candidates first (by fine score)
+and the others after them (by coarse score), as a retrieve-then-re-rank cascade does: a candidate
+the fine student saw is never passed by one it did not see on the strength of a mapped coarse
+score; ``paper`` leaves them at their raw coarse similarity in one list, as the authors'
+``evaluation_dns.py`` does.
 Routings: ``coarse`` (default) re-ranks the candidates with the highest coarse similarity;
 ``selector`` those with the highest selector scores (the paper); ``selector_in_coarse`` the best by
 selector score among the coarse top ``ROUTING_POOL`` x as many as are re-ranked. On one scale,
@@ -57,7 +61,9 @@ SEARCH_MODES = ("dns", "coarse", "fine")
 # Stored fine representations read per batch of fine similarities: memory stays bounded whatever
 # the size of the index or the kind of representation (float16 videos are 16x binary codes).
 FINE_CHUNK_BYTES = 256 * 2**20
-MERGES = ("calibrated", "paper")
+MERGES = ("calibrated", "cascade", "paper")
+# The merges that put candidates left out of the re-ranking on the fine scale.
+CALIBRATED_MERGES = ("cascade", "calibrated")
 ROUTINGS = ("coarse", "selector_in_coarse", "selector")
 
 
@@ -80,9 +86,11 @@ class SearchConfig:
     top: int = field(100, "results returned per query")
     segments: bool = field(False, "localise the copied segments (query and target seconds) of "
                                   "the re-ranked hits returned")
-    merge: str = field("calibrated", "calibrated: candidates not re-ranked are mapped onto the "
-                                     "fine scale (the index's calibration); paper: they keep "
-                                     "their raw coarse similarity", choices=MERGES)
+    merge: str = field("calibrated", "calibrated: one list ordered by score, the candidates not "
+                                     "re-ranked mapped onto the fine scale (the index's "
+                                     "calibration); cascade: the same scores, the re-ranked "
+                                     "candidates first (routing coarse only); paper: the others "
+                                     "keep their raw coarse similarity", choices=MERGES)
     routing: str = field("coarse", "which candidates the fine student re-ranks: coarse: the "
                                    "coarse top; selector_in_coarse: the best by selector score "
                                    f"among {ROUTING_POOL}x as many coarse top ones; selector: the "
@@ -98,6 +106,11 @@ class SearchConfig:
             raise ValueError(f"merge must be one of {MERGES}, got {self.merge!r}")
         if self.routing not in ROUTINGS:
             raise ValueError(f"routing must be one of {ROUTINGS}, got {self.routing!r}")
+        if self.merge == "cascade" and self.routing != "coarse" and self.mode == "dns":
+            raise ValueError(f"merge 'cascade' ranks the re-ranked candidates first, which keeps "
+                             f"the coarse order only when they are the coarse top (routing "
+                             f"'coarse'); with routing {self.routing!r} use merge 'calibrated' "
+                             f"or 'paper'")
         if not 0.0 <= self.percentage <= 100.0:
             raise ValueError(f"percentage must be within [0, 100], got {self.percentage}")
         if self.candidates < 0 or self.budget < 0 or self.top < 1:
@@ -145,6 +158,18 @@ def route(routing: str, count: int, coarse: np.ndarray,
         return np.argsort(-selector, kind="stable")[:count]
     pool = by_coarse[:max(ROUTING_POOL * count, ROUTING_POOL_MIN)]
     return pool[np.argsort(-selector[pool], kind="stable")[:count]]
+
+
+def merged_order(scores: np.ndarray, reranked: np.ndarray, merge: str) -> np.ndarray:
+    """Candidate indices best first: by score, the re-ranked ones ahead under ``cascade``.
+
+    A cascade keeps what each stage knows best: the fine student orders the candidates it saw,
+    and a candidate it did not see never passes one it did (with coarse routing those are the
+    coarse top, so the coarse order above and below the re-ranked block is kept).
+    """
+    if merge == "cascade":
+        return np.lexsort((-np.asarray(scores), ~np.asarray(reranked, bool)))
+    return np.argsort(-np.asarray(scores), kind="stable")
 
 
 def uses_selector(config: SearchConfig) -> bool:
@@ -394,7 +419,7 @@ class DnSRetriever:
         count = config.rerank_count(len(ids))
         # Only candidates left out of the re-ranking need the coarse-to-fine map.
         coarse_to_fine = (self.coarse_to_fine
-                          if config.merge == "calibrated" and count < len(ids) else None)
+                          if config.merge in CALIBRATED_MERGES and count < len(ids) else None)
         final = np.array(coarse if coarse_to_fine is None else coarse_to_fine(coarse), np.float32)
         seconds["coarse"] = time.perf_counter() - clock
 
@@ -418,7 +443,7 @@ class DnSRetriever:
         # Under the paper's merge a hit not re-ranked carries a raw coarse similarity, which is
         # not on the threshold's (fine) scale: it is not judged, and not a match.
         judged = reranked | (coarse_to_fine is not None)
-        order = np.argsort(-final, kind="stable")
+        order = merged_order(final, reranked, config.merge)
         if config.min_score is not None:
             order = order[final[order] >= config.min_score]
         if config.matches_only:
@@ -494,8 +519,10 @@ class ShardedRetriever:
         with futures.ThreadPoolExecutor(len(self.retrievers)) as pool:
             rankings = list(pool.map(lambda shard: shard.search_indexed(query, row, config),
                                      self.retrievers))
-        hits = sorted((hit for ranking in rankings for hit in ranking.hits),
-                      key=lambda hit: -hit.score)[:config.top]
+        merged = [hit for ranking in rankings for hit in ranking.hits]
+        order = merged_order(np.array([hit.score for hit in merged], np.float64),
+                             np.array([hit.reranked for hit in merged], bool), config.merge)
+        hits = [merged[i] for i in order[:config.top]]
         # Shards run side by side: a stage takes as long as its slowest shard.
         seconds = {stage: max(r.seconds.get(stage, 0.0) for r in rankings)
                    for stage in {stage for r in rankings for stage in r.seconds}}

@@ -2,7 +2,7 @@
 and with DnS, with a benchmark's protocol.
 
 With ``--index`` the DnS sweep runs twice on the same similarities: with the default search
-(``SearchConfig()``: calibrated merge, its default routing) and with the authors' protocol
+(``SearchConfig()``: calibrated merge, coarse routing) and with the authors' protocol
 (``PAPER_SEARCH``: raw coarse scores beside fine ones, selector routing, ``evaluation_dns.py``)."""
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ Everything the report and the plot show is in ``results.json`` first:
      "sweep_paper": [...]}
 
 with ``M = {"DSVR", "CSVR", "ISVR", "ms_per_query", "kb_per_video"}``; ``sweep`` is DnS with the
-default search (calibrated merge, default routing) at every 5 % from 0 to 100, ``sweep_paper`` the
+default search (calibrated merge, coarse routing) at every 5 % from 0 to 100, ``sweep_paper`` the
 same with the paper's merge and routing (``evaluation_dns.py``). :func:`write_report` renders
 ``report.md`` and ``dns_sweep.png`` from it alone.
 """

@@ -59,9 +59,14 @@ class DemoConfig:
               "../shared/reference's, else keras.applications ImageNet weights (downloaded)")
     train_queries: int = field(8, "query videos of the training collection")
     eval_queries: int = field(12, "query videos of the evaluation collection")
-    train_distractors: int = field(8, "unrelated videos in the training collection")
-    eval_distractors: int = field(30, "unrelated videos in the evaluation collection (as in FIVR, "
-                                      "each query's relevant videos are a few % of the database)")
+    train_distractors: int = field(16, "unrelated videos in the training collection")
+    eval_distractors: int = field(48, "unrelated videos in the evaluation collection (each "
+                                      "query's 5 relevant videos are then 4 % of the database's "
+                                      "132; in FIVR-200K they are well under 1 %)")
+    duplicate_scenes: int = field(2, "duplicate-scene derivatives per query: trims, splices, "
+                                     "picture-in-picture")
+    inserted_copies: int = field(1, "derivatives per query that hide a few seconds of it inside "
+                                    "a long unrelated video")
     seconds: float = field(8.0, "length of a source video in seconds")
     host_seconds: float = field(24.0, "length of the long videos that hide a few seconds of a "
                                       "query")
@@ -103,6 +108,8 @@ class Demo:
             made[split] = generate_collection(
                 self.root / "videos" / split,
                 CollectionConfig(seed=seed, num_queries=queries, num_distractors=distractors,
+                                 duplicate_scenes=self.config.duplicate_scenes,
+                                 inserted_copies=self.config.inserted_copies,
                                  seconds=self.config.seconds,
                                  host_seconds=self.config.host_seconds,
                                  width=self.config.video_size[0],

@@ -3,8 +3,8 @@
 For every query, a routing (``SearchConfig.routing``) chooses the available database videos that
 the fine student re-ranks, ``p`` percent of them; they get the fine-grained similarity, all others
 keep the coarse one, raw (the ``paper`` merge) or mapped onto the fine scale by the index's
-coarse-to-fine map (the ``calibrated`` merge), exactly as :class:`~dns_tf.retrieval.DnSRetriever`
-answers with the same configuration. With ``PAPER_SEARCH`` (selector routing, paper merge) it is
+coarse-to-fine map (the ``calibrated`` and ``cascade`` merges; ``cascade`` ranks the re-ranked ones
+first), exactly as :class:`~dns_tf.retrieval.DnSRetriever` answers with the same configuration. With ``PAPER_SEARCH`` (selector routing, paper merge) it is
 the authors' ``evaluation_dns.py``: the top ``int(p / 100 * available)`` videos by selector score
 per query, re-ranked within the same score list. The sweep evaluates ``p = 0, 5, ..., 100`` plus
 the two students alone, and prices each row:
@@ -43,9 +43,10 @@ from tqdm import tqdm
 from dns_tf.calibration import ScoreMap
 from dns_tf.evaluation.datasets import RetrievalDataset
 from dns_tf.evaluation.similarities import SimilarityMatrix
-from dns_tf.retrieval import PAPER_SEARCH, SearchConfig, route
+from dns_tf.retrieval import CALIBRATED_MERGES, PAPER_SEARCH, SearchConfig, route
 
 DEFAULT_PERCENTAGES = tuple(range(0, 101, 5))
+CASCADE_OFFSET = 2.0
 
 # fine(query_row, database_columns) -> float [len(database_columns)]: similarities computed on demand.
 FineSimilarityFn = Callable[[int, np.ndarray], np.ndarray]
@@ -89,8 +90,7 @@ def dns_similarities(coarse: np.ndarray, fine: np.ndarray, selector_scores: np.n
     matrices of :func:`~dns_tf.evaluation.index_scores.database_scores` (``fine`` on the merge
     scale). Unavailable columns keep their (zero) coarse score."""
     coarse = np.asarray(coarse)
-    if search.merge == "calibrated" and coarse_to_fine is None:
-        raise ValueError("the calibrated merge needs the index's coarse_to_fine map")
+    _check_calibration(search, coarse_to_fine)
     available_columns = np.flatnonzero(
         np.ones(coarse.shape[1], bool) if available is None else np.asarray(available, bool))
     merged = (coarse if search.merge == "paper" else coarse_to_fine(coarse)).astype(np.float64)
@@ -100,6 +100,18 @@ def dns_similarities(coarse: np.ndarray, fine: np.ndarray, selector_scores: np.n
                                  else selector_scores[row], available_columns)
         merged[row, columns] = fine[row, columns]
     return merged
+
+
+def _check_calibration(search: SearchConfig, coarse_to_fine: ScoreMap | None) -> None:
+    if search.merge in CALIBRATED_MERGES and coarse_to_fine is None:
+        raise ValueError(f"the {search.merge} merge needs the index's coarse_to_fine map")
+
+
+def _rank_offset(search: SearchConfig, count: int, available: int) -> float:
+    """What lifts re-ranked scores above all others under the cascade merge, which ranks them
+    first (scores on the fine scale lie in [0, 1]), so that the evaluated matrix ranks as the
+    search does."""
+    return CASCADE_OFFSET if search.merge == "cascade" and count < available else 0.0
 
 
 def dns_sweep(dataset: RetrievalDataset,
@@ -159,8 +171,7 @@ def dns_sweep(dataset: RetrievalDataset,
                              f"[{len(queries)}, {num_database}]")
     if isinstance(fine, np.ndarray) and fine.shape != coarse.shape:
         raise ValueError(f"fine has shape {fine.shape}; expected {coarse.shape} like coarse")
-    if search.merge == "calibrated" and coarse_to_fine is None:
-        raise ValueError("the calibrated merge needs the index's coarse_to_fine map")
+    _check_calibration(search, coarse_to_fine)
     if available is None:
         available = np.ones(num_database, dtype=bool)
         all_db = None
@@ -205,7 +216,8 @@ def dns_sweep(dataset: RetrievalDataset,
             merged = base.copy()
             for row in range(len(queries)):
                 columns = routed(row, count)
-                merged[row, columns] = known_fine[row, columns]
+                merged[row, columns] = (known_fine[row, columns]
+                                        + _rank_offset(search, count, num_available))
             metrics_by_count[count] = dataset.evaluate(
                 SimilarityMatrix(merged, queries, dataset.database), all_db)
         return metrics_by_count[count]

@@ -10,7 +10,7 @@ from dns_tf.data.padding import padded_batch_from_arrays
 from dns_tf.evaluation.index_scores import database_scores
 from dns_tf.index import CoarseConfig, VideoIndex
 from dns_tf.fine_representation import unpack_bits
-from dns_tf.retrieval import DnSRetriever, LocalBackend, SearchConfig
+from dns_tf.retrieval import MERGES, DnSRetriever, LocalBackend, SearchConfig
 
 NUM_VIDEOS = 40
 
@@ -135,7 +135,8 @@ def test_routings_choose_from_the_coarse_top(retriever, backend, collection):
     by_coarse = np.argsort(-coarse, kind="stable")
     for budget in (3, 7):
         chosen = {name: {hit.video_id for hit in search(
-            retriever, collection[0], budget=budget, routing=name).hits if hit.reranked}
+            retriever, collection[0], budget=budget, routing=name, merge="calibrated").hits
+            if hit.reranked}
             for name in ("coarse", "selector_in_coarse")}
         assert chosen["coarse"] == {ids[i] for i in by_coarse[:budget]}
         # The selector's best among the coarse top max(2 x budget, 10).
@@ -145,7 +146,8 @@ def test_routings_choose_from_the_coarse_top(retriever, backend, collection):
 
 
 def test_calibrated_merge_puts_coarse_scores_on_the_fine_scale(retriever, collection):
-    ranking = search(retriever, collection[0], percentage=25, routing="coarse")
+    ranking = search(retriever, collection[0], percentage=25, routing="coarse",
+                     merge="calibrated")
     assert ranking.num_reranked == 10
     for hit in ranking.hits:
         if not hit.reranked:
@@ -168,8 +170,12 @@ def test_sweep_matrices_give_the_searches_scores(retriever, collection):
     query, videos = collection
     database = sorted(videos)
     scores = database_scores(retriever, [query], database)
-    for merge in ("calibrated", "paper"):
+    for merge in MERGES:
         for routing in ("selector_in_coarse", "coarse", "selector"):
+            if merge == "cascade" and routing != "coarse":
+                with pytest.raises(ValueError, match="keeps the coarse order only"):
+                    SearchConfig(merge=merge, routing=routing)
+                continue
             config = SearchConfig(top=NUM_VIDEOS, percentage=20, merge=merge, routing=routing)
             ranking = retriever.search(query, config)
             matrix = dns_similarities(scores.coarse, scores.fine, scores.selector, config,
@@ -177,6 +183,26 @@ def test_sweep_matrices_give_the_searches_scores(retriever, collection):
             got = {video: matrix[0, column] for column, video in enumerate(database)}
             for hit in ranking.hits:
                 assert got[hit.video_id] == pytest.approx(hit.score, abs=1e-5), (merge, routing)
+
+
+def test_cascade_ranks_the_reranked_candidates_first(retriever, collection):
+    """The fine student orders what it saw; the rest follows in coarse order, on the fine scale."""
+    query, _ = collection
+    cascade = retriever.search(query, SearchConfig(top=NUM_VIDEOS, percentage=30,
+                                                   merge="cascade"))
+    calibrated = retriever.search(query, SearchConfig(top=NUM_VIDEOS, percentage=30,
+                                                      merge="calibrated"))
+    reranked = [hit.reranked for hit in cascade.hits]
+    count = sum(reranked)
+    assert 0 < count < NUM_VIDEOS and all(reranked[:count]) and not any(reranked[count:])
+    for block in (cascade.hits[:count], cascade.hits[count:]):
+        assert [hit.score for hit in block] == sorted((hit.score for hit in block), reverse=True)
+    # Same scores as the calibrated merge, which ranks them in one list.
+    assert ({hit.video_id: hit.score for hit in cascade.hits}
+            == pytest.approx({hit.video_id: hit.score for hit in calibrated.hits}))
+    rest = [hit.coarse_score for hit in cascade.hits[count:]]
+    assert rest == sorted(rest, reverse=True) and min(
+        hit.coarse_score for hit in cascade.hits[:count]) >= max(rest)
 
 
 def test_match_threshold_filters_and_marks_hits(tmp_path, backend, collection):

@@ -62,6 +62,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.example import example_pb2
 
+from dns_tf.durable import fsync_directory
+
 HDF5_SUFFIXES = (".h5", ".hdf5")
 TFRECORD_SUFFIX = ".tfrecord"
 INDEX_SUFFIX = ".ids"
@@ -326,14 +328,6 @@ def _shard_paths(location: str | os.PathLike) -> list[str]:
     return paths
 
 
-def _fsync_directory(path: str) -> None:
-    """Makes a rename or a new file in directory ``path`` durable."""
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
 
 class _ShardAppender:
     """Appends records to one new TFRecord shard and its ``.ids`` sidecar.
@@ -404,7 +398,7 @@ def write_shard(path: str | os.PathLike, videos, dtype: str = "float32") -> int:
         shard.close(sync=True)
         os.replace(temporary + INDEX_SUFFIX, path + INDEX_SUFFIX)
         os.replace(temporary, path)
-        _fsync_directory(os.path.dirname(path) or ".")
+        fsync_directory(os.path.dirname(path) or ".")
     finally:
         shard.close()
         for leftover in (temporary, temporary + INDEX_SUFFIX):
@@ -648,7 +642,7 @@ class HDF5FeatureWriter:
         with open(temporary, "rb+") as file:
             os.fsync(file.fileno())
         os.replace(temporary, target)
-        _fsync_directory(os.path.dirname(os.path.abspath(target)))
+        fsync_directory(os.path.dirname(os.path.abspath(target)))
 
     def __enter__(self):
         return self

@@ -57,6 +57,7 @@ from typing import Any
 
 import numpy as np
 
+from dns_tf.durable import fsync_directory
 from dns_tf.index.coarse import (BruteForceSearcher, CoarseConfig, CoarseSearcher, MergedSearcher,
                                  ScannSearcher, as_queries, build_searcher)
 from dns_tf.index.coarse_store import CoarseVectorStore
@@ -172,13 +173,6 @@ class _Delta:
         return BruteForceSearcher(self.vectors[:self.size], self.keys[:self.size])
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 def _chunks(items: Sequence, size: int = _SQL_CHUNK) -> Iterator[Sequence]:
     for start in range(0, len(items), size):
@@ -265,9 +259,9 @@ class VideoIndex:
             db.close()
         for name in (FINE_FILE, COARSE_FILE, LOCK_FILE):
             open(os.path.join(staging, name), "wb").close()
-        _fsync_dir(staging)
+        fsync_directory(staging)
         os.rename(staging, path)
-        _fsync_dir(parent)
+        fsync_directory(parent)
         return cls(path, readonly=False, config=config, auto_rebuild=auto_rebuild)
 
     @classmethod
@@ -869,9 +863,9 @@ class VideoIndex:
             for name in os.listdir(staging):
                 with open(os.path.join(staging, name), "rb") as f:
                     os.fsync(f.fileno())
-            _fsync_dir(staging)
+            fsync_directory(staging)
             os.rename(staging, directory)
-            _fsync_dir(os.path.dirname(directory))
+            fsync_directory(os.path.dirname(directory))
         with self._transaction(write=True) as db:
             db.executemany("UPDATE meta SET value = ? WHERE name = ?", [
                 (json.dumps(generation), "searcher_generation"),

@@ -21,6 +21,7 @@ import pathlib
 import resource
 import time
 
+import keras
 import numpy as np
 
 from dns_tf.data.feature_files import open_features, open_writer
@@ -179,6 +180,7 @@ class Demo:
         # A higher learning rate than ViSiL's 1e-5: the demo trains from scratch in minutes.
         config = TeacherTrainingConfig(dims=TEACHER_DIMS, epochs=self.config.teacher_epochs,
                                        seed=self.config.seed, learning_rate=1e-3)
+        self._seed_initial_weights()
         return train_teacher(features, triplets, config, str(path.parent),
                              verbose=self._verbose()).network
 
@@ -216,6 +218,7 @@ class Demo:
                                                        if name != "cg" else None),
                                         augmentation=self.config.student_augmentation,
                                         **options)
+            self._seed_initial_weights()
             students[name] = train_student(features, pairs, config, str(path.parent),
                                            verbose=self._verbose()).network
         return students
@@ -236,8 +239,15 @@ class Demo:
         train, held_out = split_pairs(labelled, held_out_fraction=0.1, seed=self.config.seed)
         say(f"selector: {len(train)} pairs ({int(train.labels.sum())} to re-rank), "
              f"{self.config.selector_epochs} epochs")
+        self._seed_initial_weights()
         return train_selector(features, train, held_out, config, str(path.parent),
                               verbose=self._verbose()).network
+
+    def _seed_initial_weights(self):
+        # Each network starts from weights drawn from --seed alone, not from whatever the stages
+        # before it left in the global generators (which depends on which stages were cached):
+        # S^c, distilled from so few videos, keeps most of its ranking from its initial weights.
+        keras.utils.set_random_seed(self.config.seed)
 
     def _verbose(self):
         return 2 if self.config.progress else 0

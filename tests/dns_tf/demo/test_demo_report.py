@@ -89,3 +89,35 @@ def test_pools_split_halfway_between_related_and_unrelated_teacher_scores(tmp_pa
     split = demo.split_pools(pairs, threshold)
     assert split[0] == {"positives": {1: 0.62}, "negatives": {2: 0.41, 3: 0.39}}
     assert split[2] == {"positives": {}, "negatives": {0: 0.40, 3: 0.42}}
+
+
+def test_each_student_starts_from_weights_drawn_from_the_seed_alone(tmp_path, monkeypatch):
+    """Whatever ran before (cached stages, other networks), ``--seed`` fixes where each student
+    starts: S^c, distilled from a few dozen videos, keeps most of its ranking from there."""
+    import keras
+    import numpy as np
+    from training.distill import build_student
+
+    initial = {}
+
+    class Trained:
+        def __init__(self, network):
+            self.network = network
+
+    def record(features, pairs, config, output_dir, verbose):
+        network = build_student(config)
+        initial.setdefault(config.student_type + str(config.binarization), []).append(
+            [w.copy() for w in network.get_weights()])
+        return Trained(network)
+
+    monkeypatch.setattr(demo, "train_student", record)
+    for seed, output in ((3, "a"), (3, "b"), (4, "c")):
+        keras.utils.set_random_seed(len(initial))  # other work left the generators elsewhere
+        np.random.rand(7)
+        demo.Demo(demo.DemoConfig(output=str(tmp_path / output), seed=seed,
+                                  progress=False)).students(pairs=None, features=None)
+    assert len(initial) == 3
+    for runs in initial.values():
+        first, again, other_seed = runs
+        assert all(np.array_equal(a, b) for a, b in zip(first, again))
+        assert not all(np.array_equal(a, b) for a, b in zip(first, other_seed))

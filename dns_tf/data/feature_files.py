@@ -328,7 +328,6 @@ def _shard_paths(location: str | os.PathLike) -> list[str]:
     return paths
 
 
-
 class _ShardAppender:
     """Appends records to one new TFRecord shard and its ``.ids`` sidecar.
 

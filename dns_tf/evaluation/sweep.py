@@ -4,9 +4,10 @@ For every query, a routing (``SearchConfig.routing``) chooses the available data
 the fine student re-ranks, ``p`` percent of them; they get the fine-grained similarity, all others
 keep the coarse one, raw (the ``paper`` merge) or mapped onto the fine scale by the index's
 coarse-to-fine map (the ``calibrated`` and ``cascade`` merges; ``cascade`` ranks the re-ranked ones
-first), exactly as :class:`~dns_tf.retrieval.DnSRetriever` answers with the same configuration. With ``PAPER_SEARCH`` (selector routing, paper merge) it is
-the authors' ``evaluation_dns.py``: the top ``int(p / 100 * available)`` videos by selector score
-per query, re-ranked within the same score list. The sweep evaluates ``p = 0, 5, ..., 100`` plus
+first), exactly as :class:`~dns_tf.retrieval.DnSRetriever` answers with the same configuration.
+With ``PAPER_SEARCH`` (selector routing, paper merge) it is the authors' ``evaluation_dns.py``:
+the top ``int(p / 100 * available)`` videos by selector score per query, re-ranked within the same
+score list. The sweep evaluates ``p = 0, 5, ..., 100`` plus
 the two students alone, and prices each row:
 
 * coarse-only: coarse seconds per query, coarse KB per video;

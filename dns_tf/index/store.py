@@ -173,7 +173,6 @@ class _Delta:
         return BruteForceSearcher(self.vectors[:self.size], self.keys[:self.size])
 
 
-
 def _chunks(items: Sequence, size: int = _SQL_CHUNK) -> Iterator[Sequence]:
     for start in range(0, len(items), size):
         yield items[start:start + size]

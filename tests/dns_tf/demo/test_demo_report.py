@@ -2,11 +2,14 @@
 
 import json
 
+import keras
+import numpy as np
 import pytest
 
 from dns_tf.demo import report as demo_report
 from dns_tf.demo import steps as demo
 from dns_tf.synthetic import videos as vc
+from training.distill import build_student
 
 
 def _method(dsvr, ms, kb):
@@ -94,10 +97,6 @@ def test_pools_split_halfway_between_related_and_unrelated_teacher_scores(tmp_pa
 def test_each_student_starts_from_weights_drawn_from_the_seed_alone(tmp_path, monkeypatch):
     """Whatever ran before (cached stages, other networks), ``--seed`` fixes where each student
     starts: S^c, distilled from a few dozen videos, keeps most of its ranking from there."""
-    import keras
-    import numpy as np
-    from training.distill import build_student
-
     initial = {}
 
     class Trained:

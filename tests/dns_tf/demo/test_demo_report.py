@@ -8,6 +8,7 @@ import pytest
 
 from dns_tf.demo import report as demo_report
 from dns_tf.demo import steps as demo
+from dns_tf.evaluation.datasets import FIVR
 from dns_tf.synthetic import videos as vc
 from training.distill import build_student
 
@@ -39,6 +40,28 @@ def test_conclusions_follow_the_issues_criteria():
     bad = demo_report.conclusions(_results(DIPPING, RISING, fine=0.82))
     assert not any(held for held, _ in bad.values())
     assert "lowest 0.700 at 5 %" in bad["no default point below coarse - 0.005"][1]
+
+
+def test_coarse_reach_bounds_what_reranking_ten_percent_can_recover():
+    database = [f"d{i:02d}" for i in range(20)]
+    dataset = FIVR({"demo": {"queries": ["q0", "q1"], "database": set(database)},
+                    "annotation": {"q0": {"ND": ["d00", "d01"]}, "q1": {"DS": ["d02", "d03"]}}},
+                   version="demo")
+    coarse = np.tile(np.linspace(1.0, 0.05, 20), (2, 1))  # d00 first, d19 last, for both
+    coarse[0, [1, 9]] = coarse[0, [9, 1]]  # q0's d01 sits at rank 10, beyond the top 10 % (2)
+    coarse[1, [0, 1, 2, 3]] = coarse[1, [2, 3, 0, 1]]  # q1's two are its top 2
+    perfect = np.zeros((2, 20))
+    perfect[0, :2] = perfect[1, 2:4] = 1.0
+    reach = demo_report.coarse_reach(dataset, coarse, {"fine_attention": perfect,
+                                                       "teacher": 1.0 - perfect})
+    assert reach["relevant_share"] == pytest.approx(0.75)
+    # q0: d00 at 1, d01 left at 10 -> AP (1 + 2 / 10) / 2; q1 stays perfect.
+    assert reach["DSVR_reranked_by"]["fine_attention"] == pytest.approx((0.6 + 1.0) / 2)
+    # A stage that inverts the top 2: q0's d00 falls to 2 (AP (1/2 + 2/10) / 2), q1 unchanged.
+    assert reach["DSVR_reranked_by"]["teacher"] == pytest.approx((0.35 + 1.0) / 2)
+    text = demo_report.format_reach({"coarse_reach": reach})
+    assert "top 10 % holds 75 % of the queries' relevant videos" in text
+    assert "S^f_A (attention) 0.800; ViSiL teacher 0.675" in text
 
 
 def test_report_and_plot_are_drawn_from_results_json(tmp_path):

@@ -37,7 +37,7 @@ from dns_tf.demo import say
 from dns_tf.evaluation.datasets import FIVR
 from dns_tf.evaluation.index_scores import database_scores
 from dns_tf.evaluation.similarities import SimilarityMatrix
-from dns_tf.evaluation.sweep import Cost, dns_sweep
+from dns_tf.evaluation.sweep import Cost, dns_sweep, routed_columns
 from dns_tf.index.store import VideoIndex
 from dns_tf.localization import (LocalizationConfig, frame_to_frame, group_segments,
                                  localization_metrics, localize_matrix, plot_localization,
@@ -207,8 +207,10 @@ def coarse_reach(dataset: FIVR, coarse: np.ndarray, fine_stages: dict,
     """
     queries, database = list(dataset.queries), list(dataset.database)
     count = SearchConfig(percentage=percentage).rerank_count(len(database))
+    every_column = np.arange(len(database))
     reached = np.zeros(coarse.shape, bool)
-    np.put_along_axis(reached, np.argsort(-coarse, axis=1, kind="stable")[:, :count], True, 1)
+    for row, scores in enumerate(coarse):  # the columns the default (coarse) routing re-ranks
+        reached[row, routed_columns("coarse", count, scores, None, every_column)] = True
     shares = []
     for query, row in zip(queries, reached):
         relevant = dataset.pair_labels(query)[0]

@@ -7,8 +7,8 @@ coarse-to-fine map (the ``calibrated`` and ``cascade`` merges; ``cascade`` ranks
 first), exactly as :class:`~dns_tf.retrieval.DnSRetriever` answers with the same configuration.
 With ``PAPER_SEARCH`` (selector routing, paper merge) it is the authors' ``evaluation_dns.py``:
 the top ``int(p / 100 * available)`` videos by selector score per query, re-ranked within the same
-score list. The sweep evaluates ``p = 0, 5, ..., 100`` plus
-the two students alone, and prices each row:
+score list. The sweep evaluates ``p = 0, 5, ..., 100`` plus the two students alone, and prices
+each row:
 
 * coarse-only: coarse seconds per query, coarse KB per video;
 * fine-only: fine seconds per query, fine KB per video;
